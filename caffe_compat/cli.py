@@ -1,0 +1,99 @@
+"""``caffe-compat``: the command-line tool, mirroring Caffe's ``caffe`` tool and its helpers.
+
+Subcommands are thin: they parse arguments and make one library call. Caffe's single-dash flag
+spelling (``-model x``) is accepted as well as ``--model x``. Errors print one line, no traceback,
+and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from caffe_compat.errors import CaffeCompatError
+
+_SINGLE_DASH_LONG = re.compile(r"^-[A-Za-z][A-Za-z0-9_-]+(=.*)?$")
+
+# name -> (help, add_arguments, run)
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def normalize_flags(argv: Sequence[str]) -> list[str]:
+    """Turn Caffe's ``-flag`` spelling into ``--flag`` (single letters and numbers are left alone)."""
+    return [f"-{arg}" if _SINGLE_DASH_LONG.match(arg) else arg for arg in argv]
+
+
+def _add_inspect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="a net or solver prototxt, .caffemodel, .solverstate or .binaryproto")
+    parser.add_argument("--phase", default="TEST", help="phase to infer shapes in (TRAIN or TEST)")
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from caffe_compat.summary import summarize
+
+    print(summarize(args.file, phase=args.phase))
+    return 0
+
+
+def _commands() -> dict[str, Command]:
+    from converters import upgrade as upgrade_front_end
+
+    return {
+        "inspect": ("summarize a prototxt, solver, caffemodel, solverstate or mean file", _add_inspect, _run_inspect),
+        "upgrade": (upgrade_front_end.HELP, upgrade_front_end.add_arguments, upgrade_front_end.run),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="caffe-compat", description="Run original Caffe models and training configs on PyTorch."
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="log details (INFO level)")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (it registers custom layer types with @caffe_compat.layers.register)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, run) in _commands().items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(command_parser)
+        command_parser.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``caffe-compat`` console script."""
+    argv = normalize_flags(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        for module in args.plugin:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise CaffeCompatError(f"cannot import plugin module '{module}': {exc}") from None
+        return int(args.run(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except CaffeCompatError as exc:
+        print(f"caffe-compat {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"caffe-compat {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"caffe-compat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

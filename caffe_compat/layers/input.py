@@ -1,0 +1,42 @@
+"""Caffe's ``Input`` layer (``input_layer.cpp``): declares the net's input blobs and shapes.
+
+One ``shape`` per top, or a single shape shared by every top. It has no compute: its tops are
+the placeholders of the net's graph, and the batch dimension may differ at run time.
+"""
+
+from __future__ import annotations
+
+from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
+from caffe_compat.layers.registry import register
+from caffe_compat.proto import caffe_pb2
+
+
+@register("Input")
+class Input(CaffeLayer):
+    """Input blobs of the given shapes."""
+
+    is_input = True
+
+    def __init__(self, shapes: list[Shape]) -> None:
+        super().__init__()
+        self.shapes = [tuple(s) for s in shapes]
+
+    @classmethod
+    def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> Input:
+        ctx.check_bottoms(0)
+        shapes = [tuple(int(d) for d in s.dim) for s in layer.input_param.shape]
+        num_tops = len(layer.top)
+        if len(shapes) == 1 and num_tops > 1:
+            shapes = shapes * num_tops
+        overrides = ctx.extra.get("input_shapes", {})
+        if len(shapes) != num_tops and not all(top in overrides for top in layer.top):
+            raise ctx.error(
+                f"input_param gives {len(shapes)} shapes for {num_tops} tops (give one shape, or one per top)"
+            )
+        return cls(shapes)
+
+    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        return list(self.shapes)
+
+    def forward(self, *bottoms):  # pragma: no cover - never called: tops are graph placeholders
+        raise RuntimeError("the Input layer is a placeholder and is not called")

@@ -1,0 +1,62 @@
+"""The layer registry: Caffe type string -> module class.
+
+Rule followed: Caffe's ``LayerRegistry`` (``layer_factory.hpp``) keys layers by the exact type
+string; registering a type twice is an error, and an unknown type fails loudly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from caffe_compat.errors import LayerError
+
+if TYPE_CHECKING:
+    from caffe_compat.layers.base import CaffeLayer
+
+_REGISTRY: dict[str, type[CaffeLayer]] = {}
+L = TypeVar("L", bound="type[CaffeLayer]")
+
+HOW_TO_REGISTER = (
+    "to add one, subclass caffe_compat.layers.CaffeLayer, decorate it with "
+    '@caffe_compat.layers.register("TypeName") and import the module before building the net '
+    "(the CLI takes --plugin MODULE)"
+)
+
+
+def register(type_name: str) -> Callable[[L], L]:
+    """Class decorator registering a layer module under Caffe's type string."""
+
+    def decorate(cls: L) -> L:
+        if type_name in _REGISTRY:
+            raise ValueError(
+                f"layer type '{type_name}' is already registered by {_REGISTRY[type_name].__qualname__}"
+            )
+        cls.caffe_type = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return decorate
+
+
+def _ensure_builtin_layers() -> None:
+    import caffe_compat.layers  # noqa: F401  (imports every built-in family)
+
+
+def layer_class(type_name: str, layer_name: str = "?") -> type[CaffeLayer]:
+    """Look up a registered type, with an error naming the layer and the known types."""
+    _ensure_builtin_layers()
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise LayerError(
+            f"layer '{layer_name}': unknown layer type '{type_name}'. Known types: {known}. "
+            f"{HOW_TO_REGISTER}"
+        ) from None
+
+
+def registered_types() -> dict[str, type[CaffeLayer]]:
+    """A copy of the registry, type string -> class."""
+    _ensure_builtin_layers()
+    return dict(_REGISTRY)

@@ -1,0 +1,1 @@
+"""Building nets: rule filtering, blob dataflow, naming and the fx graph builder."""

@@ -1,0 +1,72 @@
+"""Running one golden layer case (tests/goldens/layers/<case>) and comparing with real Caffe.
+
+Format (tests/goldens/README.md): net.prototxt, weights.caffemodel (saved after forward),
+inputs.npz, forward.npz (every blob), top_diffs.npz, backward.npz (``blob/<name>`` and
+``param/<layer>/<i>``), meta.json (phase, outputs, backward).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import caffe_compat as cc
+
+LAYER_GOLDENS = Path(__file__).parent / "goldens" / "layers"
+FORWARD_TOL = {"rtol": 1e-4, "atol": 1e-5}
+BACKWARD_TOL = {"rtol": 1e-3, "atol": 1e-4}
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def assert_close(actual: torch.Tensor | None, expected: np.ndarray, what: str, tol: dict) -> None:
+    if actual is None:
+        actual_np = np.zeros_like(expected)
+    else:
+        actual_np = actual.detach().cpu().double().numpy()
+    assert actual_np.shape == expected.shape or actual_np.size == expected.size == 1, (
+        f"{what}: shape {actual_np.shape} != Caffe's {expected.shape}"
+    )
+    np.testing.assert_allclose(actual_np.reshape(expected.shape), expected, err_msg=what, **tol)
+
+
+def run_case(case: str) -> None:
+    """Build the case's net with its weights, check forward and backward against Caffe's."""
+    folder = LAYER_GOLDENS / case
+    meta = json.loads((folder / "meta.json").read_text())
+    net = cc.Net(folder / "net.prototxt", weights=folder / "weights.caffemodel", phase=meta["phase"])
+    inputs = {k: torch.tensor(v, requires_grad=True) for k, v in load_npz(folder / "inputs.npz").items()}
+    outputs = net(**inputs)
+    assert sorted(outputs) == sorted(meta["outputs"]), f"outputs {sorted(outputs)} != Caffe's {meta['outputs']}"
+    forward = load_npz(folder / "forward.npz")
+    compared = 0
+    for name, expected in forward.items():
+        if name in net.blobs:
+            assert_close(net.blobs[name], expected, f"{case}: forward blob '{name}'", FORWARD_TOL)
+            compared += 1
+    assert compared >= len(meta["outputs"])
+    if not meta.get("backward"):
+        return
+    top_diffs = load_npz(folder / "top_diffs.npz")
+    tops = [outputs[name] for name in top_diffs]
+    grads = [torch.tensor(top_diffs[name]).reshape(outputs[name].shape) for name in top_diffs]
+    differentiable = [(t, g) for t, g in zip(tops, grads) if t.requires_grad]
+    assert differentiable, f"{case}: no output carries a gradient"
+    torch.autograd.backward([t for t, _ in differentiable], [g for _, g in differentiable])
+    backward = load_npz(folder / "backward.npz")
+    for key, expected in backward.items():
+        kind, _, rest = key.partition("/")
+        if kind == "blob" and rest in inputs:
+            assert_close(inputs[rest].grad, expected, f"{case}: diff of input '{rest}'", BACKWARD_TOL)
+        elif kind == "param":
+            layer, _, index = rest.rpartition("/")
+            tensor = net.params[layer][int(index)]
+            assert_close(tensor.grad, expected, f"{case}: diff of param {layer}[{index}]", BACKWARD_TOL)
