@@ -3,7 +3,17 @@
 Importing this package registers every built-in type; ``register`` adds a user's own.
 """
 
-from caffe_compat.layers import input  # noqa: F401  (importing a family registers its types)
+from caffe_compat.layers import (  # noqa: F401  (importing a family registers its types)
+    activation,
+    conv,
+    data,
+    inner_product,
+    input,
+    loss,
+    normalization,
+    pooling,
+    shape,
+)
 from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer
 from caffe_compat.layers.registry import layer_class, register, registered_types
 

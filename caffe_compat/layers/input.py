@@ -16,6 +16,9 @@ class Input(CaffeLayer):
     """Input blobs of the given shapes."""
 
     is_input = True
+    example = """
+layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } shape { dim: 2 } } }
+"""
 
     def __init__(self, shapes: list[Shape]) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ _REGISTRY: dict[str, type[CaffeLayer]] = {}
 L = TypeVar("L", bound="type[CaffeLayer]")
 
 HOW_TO_REGISTER = (
-    "to add one, subclass caffe_compat.layers.CaffeLayer, decorate it with "
+    "To add one, subclass caffe_compat.layers.CaffeLayer, decorate it with "
     '@caffe_compat.layers.register("TypeName") and import the module before building the net '
     "(the CLI takes --plugin MODULE)"
 )
@@ -60,3 +60,23 @@ def registered_types() -> dict[str, type[CaffeLayer]]:
     """A copy of the registry, type string -> class."""
     _ensure_builtin_layers()
     return dict(_REGISTRY)
+
+
+def builtin_types() -> dict[str, type[CaffeLayer]]:
+    """The types caffe-compat itself registers (not a user's or a test's)."""
+    return {
+        name: cls for name, cls in registered_types().items() if cls.__module__.startswith("caffe_compat.")
+    }
+
+
+def support_table() -> str:
+    """The README's table of supported layer types: type, family module, blobs in Caffe order."""
+    rows = ["| Caffe type | family | blobs (Caffe order) |", "| --- | --- | --- |"]
+    for name, cls in sorted(builtin_types().items(), key=lambda item: item[0].lower()):
+        family = cls.__module__.rsplit(".", 1)[-1]
+        blobs = ", ".join(
+            f"{b.name}{'' if b.learnable else ' (buffer)'}{' (optional)' if b.optional else ''}"
+            for b in cls.caffe_blobs
+        )
+        rows.append(f"| `{name}` | {family} | {blobs or '-'} |")
+    return "\n".join(rows)
