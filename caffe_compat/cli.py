@@ -39,13 +39,27 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _commands() -> dict[str, Command]:
-    from converters import upgrade as upgrade_front_end
+# Modules holding subcommand front ends; each defines COMMANDS: name -> (help, add_arguments, run).
+FRONT_ENDS = (
+    "converters.upgrade",
+    "converters.convert",
+    "caffe_compat.solver.commands",
+    "caffe_compat.data.commands",
+    "caffe_compat.log.commands",
+    "caffe_compat.eval.commands",
+)
 
-    return {
+
+def _commands() -> dict[str, Command]:
+    commands: dict[str, Command] = {
         "inspect": ("summarize a prototxt, solver, caffemodel, solverstate or mean file", _add_inspect, _run_inspect),
-        "upgrade": (upgrade_front_end.HELP, upgrade_front_end.add_arguments, upgrade_front_end.run),
     }
+    for module_name in FRONT_ENDS:
+        for name, command in importlib.import_module(module_name).COMMANDS.items():
+            if name in commands:
+                raise RuntimeError(f"subcommand '{name}' is defined twice (second in {module_name})")
+            commands[name] = command
+    return commands
 
 
 def build_parser() -> argparse.ArgumentParser:

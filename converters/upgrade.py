@@ -23,3 +23,6 @@ def run(args: argparse.Namespace) -> int:
     note = "upgraded" if changed else "already in the current format; copied"
     print(f"{args.input}: {note} -> {args.output} ({kind})")
     return 0
+
+
+COMMANDS = {"upgrade": (HELP, add_arguments, run)}

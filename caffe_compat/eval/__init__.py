@@ -1,0 +1,1 @@
+"""Face verification: pairs files, feature extraction with the mirror trick, k-fold metrics."""

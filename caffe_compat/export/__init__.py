@@ -1,0 +1,1 @@
+"""Exporting nets: PyTorch state dicts, standalone code, TorchScript and ONNX."""

@@ -1,0 +1,1 @@
+"""Caffe-format logs: writing glog lines, parsing logs, plotting and comparing them."""

@@ -1,0 +1,1 @@
+"""Caffe-exact solvers: lr policies, parameter groups, update rules, the training loop, snapshots."""
