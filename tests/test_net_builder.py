@@ -171,5 +171,5 @@ def test_generated_code_is_plain_pytorch_and_traces() -> None:
                  'layer { name: "r" type: "ReLU" bottom: "y" top: "y" }\n')
     assert "def forward(self, x)" in net.code and "self.a(x)" in net.code
     x = torch.randn(2, 3, 5, 7)
-    traced = torch.jit.trace(net, (x,), strict=False)
-    torch.testing.assert_close(traced(x)["y"], net(x=x)["y"])
+    exported = torch.export.export(net, (x,))
+    torch.testing.assert_close(exported.module()(x)["y"], net(x=x)["y"])

@@ -7,6 +7,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     activation,
     conv,
     data,
+    face,
     inner_product,
     input,
     loss,

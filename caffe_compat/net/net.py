@@ -132,8 +132,9 @@ class Net(nn.Module):
         if missing:
             raise CaffeCompatError(f"missing inputs {missing}; the net's inputs are {self.input_names}")
         blobs = self._graph_module(*[given[name] for name in self.input_names])
-        self.blobs = {**{name: given[name] for name in self.input_names}, **blobs}
-        return {name: self.blobs[name] for name in self.output_names}
+        if not torch.compiler.is_compiling():  # tracing (export, compile) must not record state
+            self.blobs = {**{name: given[name] for name in self.input_names}, **blobs}
+        return {name: blobs[name] if name in blobs else given[name] for name in self.output_names}
 
     def loss(self, outputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Caffe's objective: the sum over loss tops of ``loss_weight * top.sum()``."""
