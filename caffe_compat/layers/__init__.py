@@ -11,6 +11,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     inner_product,
     input,
     loss,
+    margin_heads,
     normalization,
     pooling,
     shape,

@@ -1,0 +1,49 @@
+"""Margin heads and losses for face recognition as plain PyTorch modules (no prototxt needed).
+
+``make_head(kind, in_features, num_classes, **params)`` builds a head called as
+``head(embeddings, labels) -> logits``; ``make_loss(kind, **params)`` a loss called as
+``loss(logits, labels)``. The Caffe layer type ``MarginHead`` (``caffe_compat.layers.margin_heads``)
+wraps the same heads.
+"""
+
+from caffe_compat.losses.criteria import LOSS_KINDS, FocalLoss, HardMining, SoftmaxLoss, make_loss
+from caffe_compat.losses.heads import (
+    HEAD_KINDS,
+    AMSoftmaxHead,
+    ArcFaceHead,
+    LinearHead,
+    LogitRule,
+    MarginHead,
+    MVAMHead,
+    MVArcHead,
+    NormFaceHead,
+    SphereFaceHead,
+    SVAMHead,
+    SVArcHead,
+    cosine_margin_logits,
+    head_parameters,
+    make_head,
+)
+
+__all__ = [
+    "HEAD_KINDS",
+    "LOSS_KINDS",
+    "AMSoftmaxHead",
+    "ArcFaceHead",
+    "FocalLoss",
+    "HardMining",
+    "LinearHead",
+    "LogitRule",
+    "MVAMHead",
+    "MVArcHead",
+    "MarginHead",
+    "NormFaceHead",
+    "SVAMHead",
+    "SVArcHead",
+    "SoftmaxLoss",
+    "SphereFaceHead",
+    "cosine_margin_logits",
+    "head_parameters",
+    "make_head",
+    "make_loss",
+]
