@@ -130,5 +130,10 @@ def test_writes_are_atomic(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.caffemodel"]
     cc.write_caffemodel(net, target)
     assert cc.read_caffemodel(target).layer[0].name == "a"
+    fresh = tmp_path / "fresh.caffemodel"
+    cc.write_caffemodel(net, fresh)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     with pytest.raises(CaffeCompatError, match="folder .* does not exist"):
         cc.write_caffemodel(net, tmp_path / "no" / "such" / "dir.caffemodel")

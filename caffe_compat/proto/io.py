@@ -155,6 +155,15 @@ def format_text(message: pb_message.Message) -> str:
 # atomic writes
 
 
+def _new_file_mode(target: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give (mkstemp's files are private, 0600)."""
+    if target.exists():
+        return target.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
@@ -171,6 +180,7 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp_name, _new_file_mode(target))
         os.replace(tmp_name, target)
     except BaseException:
         try:
