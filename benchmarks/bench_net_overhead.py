@@ -123,8 +123,10 @@ def main() -> None:
         ours.append(step(net, x, True))
         theirs.append(step(hand, x, False))
     a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"AM-Softmax trunk (conv1_1..fc5), batch {args.batch}x3x112x96, forward+backward, "
-          f"median of {args.repeats} interleaved runs; outputs differ by at most {difference:.2e}")
+    print(
+        f"AM-Softmax trunk (conv1_1..fc5), batch {args.batch}x3x112x96, forward+backward, "
+        f"median of {args.repeats} interleaved runs; outputs differ by at most {difference:.2e}"
+    )
     print(f"{'model':<36}{'ms':>10}{'ratio':>10}")
     print(f"{'hand-written nn.Module':<36}{b * 1e3:>10.1f}{1.0:>10.3f}")
     print(f"{'caffe_compat.Net (fx graph)':<36}{a * 1e3:>10.1f}{a / b:>10.3f}")

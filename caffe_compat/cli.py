@@ -47,12 +47,17 @@ FRONT_ENDS = (
     "caffe_compat.data.commands",
     "caffe_compat.log.commands",
     "caffe_compat.eval.commands",
+    "caffe_compat.demo",
 )
 
 
 def _commands() -> dict[str, Command]:
     commands: dict[str, Command] = {
-        "inspect": ("summarize a prototxt, solver, caffemodel, solverstate or mean file", _add_inspect, _run_inspect),
+        "inspect": (
+            "summarize a prototxt, solver, caffemodel, solverstate or mean file",
+            _add_inspect,
+            _run_inspect,
+        ),
     }
     for module_name in FRONT_ENDS:
         for name, command in importlib.import_module(module_name).COMMANDS.items():

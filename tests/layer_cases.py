@@ -45,7 +45,9 @@ def run_case(case: str) -> None:
     net = cc.Net(folder / "net.prototxt", weights=folder / "weights.caffemodel", phase=meta["phase"])
     inputs = {k: torch.tensor(v, requires_grad=True) for k, v in load_npz(folder / "inputs.npz").items()}
     outputs = net(**inputs)
-    assert sorted(outputs) == sorted(meta["outputs"]), f"outputs {sorted(outputs)} != Caffe's {meta['outputs']}"
+    assert sorted(outputs) == sorted(meta["outputs"]), (
+        f"outputs {sorted(outputs)} != Caffe's {meta['outputs']}"
+    )
     forward = load_npz(folder / "forward.npz")
     compared = 0
     for name, expected in forward.items():
@@ -58,7 +60,7 @@ def run_case(case: str) -> None:
     top_diffs = load_npz(folder / "top_diffs.npz")
     tops = [outputs[name] for name in top_diffs]
     grads = [torch.tensor(top_diffs[name]).reshape(outputs[name].shape) for name in top_diffs]
-    differentiable = [(t, g) for t, g in zip(tops, grads) if t.requires_grad]
+    differentiable = [(t, g) for t, g in zip(tops, grads, strict=True) if t.requires_grad]
     assert differentiable, f"{case}: no output carries a gradient"
     torch.autograd.backward([t for t, _ in differentiable], [g for _, g in differentiable])
     backward = load_npz(folder / "backward.npz")

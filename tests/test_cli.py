@@ -18,7 +18,14 @@ GOLDENS = ROOT / "tests" / "goldens"
 
 def test_single_dash_flags_are_accepted() -> None:
     assert normalize_flags(["train", "-solver", "s.prototxt", "-gpu", "0", "-v", "-3", "--x"]) == [
-        "train", "--solver", "s.prototxt", "--gpu", "0", "-v", "-3", "--x",
+        "train",
+        "--solver",
+        "s.prototxt",
+        "--gpu",
+        "0",
+        "-v",
+        "-3",
+        "--x",
     ]
     assert normalize_flags(["-weights=a,b"]) == ["--weights=a,b"]
 
@@ -73,10 +80,14 @@ def test_upgrade_text_and_binary(tmp_path: Path, capsys: pytest.CaptureFixture) 
 def test_console_script_error_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "caffe_compat.cli", "inspect", str(tmp_path / "nope.caffemodel")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == f"caffe-compat inspect: error: file not found: {tmp_path / 'nope.caffemodel'}"
+    assert (
+        result.stderr.strip()
+        == f"caffe-compat inspect: error: file not found: {tmp_path / 'nope.caffemodel'}"
+    )
 
 
 def test_plugin_that_does_not_import(capsys: pytest.CaptureFixture) -> None:

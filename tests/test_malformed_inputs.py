@@ -18,46 +18,149 @@ GOOD_LAYER = 'layer { name: "x" type: "Input" top: "x" input_param { shape { dim
 
 # (id, file name, content (str: text, bytes: binary), reader, regex the message must match)
 CASES = [
-    ("missing-brace", "net.prototxt", GOOD_LAYER + 'layer { name: "a" type: "ReLU"\n', "net",
-     r"net\.prototxt:2:\d+: syntax error at 'end of file \(after \"ReLU\"\)': Expected \"}\""),
-    ("unquoted-string", "net.prototxt", 'layer {\n  name: relu1\n}\n', "net",
-     r"net\.prototxt:2:9: syntax error at 'relu1': Expected string"),
+    (
+        "missing-brace",
+        "net.prototxt",
+        GOOD_LAYER + 'layer { name: "a" type: "ReLU"\n',
+        "net",
+        r"net\.prototxt:2:\d+: syntax error at 'end of file \(after \"ReLU\"\)': Expected \"}\"",
+    ),
+    (
+        "unquoted-string",
+        "net.prototxt",
+        "layer {\n  name: relu1\n}\n",
+        "net",
+        r"net\.prototxt:2:9: syntax error at 'relu1': Expected string",
+    ),
     ("stray-brace", "net.prototxt", GOOD_LAYER + "}\n", "net", r"net\.prototxt:2:1: syntax error at '}'"),
-    ("bad-bool", "net.prototxt", "force_backward: maybe\n", "net",
-     r"net\.prototxt:1:17: syntax error at 'maybe': Expected \"true\" or \"false\""),
-    ("float-for-int", "net.prototxt", 'layer {\n name: "c" type: "Convolution"\n convolution_param { kernel_size: 3.5 } }\n',
-     "net", r"net\.prototxt:3:35: syntax error at '3.5'.*integer"),
-    ("negative-uint", "net.prototxt", 'layer { name: "c" convolution_param { num_output: -3 } }\n', "net",
-     r"net\.prototxt:1:\d+: syntax error at '-3'.*out of range"),
-    ("duplicate-field", "net.prototxt", 'layer { name: "a" name: "b" }\n', "net",
-     r"net\.prototxt:1:\d+: syntax error .*multiple \"name\" fields"),
-    ("unknown-field-typo", "net.prototxt", 'layr { name: "a" }\n', "net",
-     r"net\.prototxt:1:1: unknown field 'layr' in NetParameter; did you mean 'layer'\?.*No known Caffe fork"),
-    ("unknown-nested-field", "net.prototxt", 'layer {\n  name: "p"\n  pooling_param { kernal_size: 3 }\n}\n', "net",
-     r"net\.prototxt:3:19: unknown field 'kernal_size' in PoolingParameter; did you mean 'kernel_size'\?"),
-    ("fork-field", "net.prototxt", 'layer { name: "n" type: "Normalize" norm_param { across_spatial: false } }\n',
-     "net", r"unknown field 'norm_param' in LayerParameter.*defined by the SSD fork"),
-    ("wrong-enum", "net.prototxt", 'layer { name: "a" include { phase: TRAN } }\n', "net",
-     r"net\.prototxt:1:36: Phase has no value 'TRAN'; did you mean TRAIN\?"),
-    ("wrong-pool-enum", "net.prototxt", 'layer { name: "p" pooling_param { pool: AVERAGE } }\n', "net",
-     r"PoolingParameter\.PoolMethod has no value 'AVERAGE'; did you mean AVE\?"),
-    ("solver-unknown-field", "solver.prototxt", 'base_lr: 0.1\nlr_polcy: "step"\n', "solver",
-     r"solver\.prototxt:2:1: unknown field 'lr_polcy' in SolverParameter; did you mean 'lr_policy'\?"),
-    ("solver-wrong-enum", "solver.prototxt", "solver_mode: TPU\n", "solver",
-     r"SolverParameter\.SolverMode has no value 'TPU'"),
-    ("net-file-as-caffemodel", "net.caffemodel", GOOD_LAYER, "caffemodel",
-     r"net\.caffemodel: is a text file \(prototxt\?\), not a binary caffemodel"),
+    (
+        "bad-bool",
+        "net.prototxt",
+        "force_backward: maybe\n",
+        "net",
+        r"net\.prototxt:1:17: syntax error at 'maybe': Expected \"true\" or \"false\"",
+    ),
+    (
+        "float-for-int",
+        "net.prototxt",
+        'layer {\n name: "c" type: "Convolution"\n convolution_param { kernel_size: 3.5 } }\n',
+        "net",
+        r"net\.prototxt:3:35: syntax error at '3.5'.*integer",
+    ),
+    (
+        "negative-uint",
+        "net.prototxt",
+        'layer { name: "c" convolution_param { num_output: -3 } }\n',
+        "net",
+        r"net\.prototxt:1:\d+: syntax error at '-3'.*out of range",
+    ),
+    (
+        "duplicate-field",
+        "net.prototxt",
+        'layer { name: "a" name: "b" }\n',
+        "net",
+        r"net\.prototxt:1:\d+: syntax error .*multiple \"name\" fields",
+    ),
+    (
+        "unknown-field-typo",
+        "net.prototxt",
+        'layr { name: "a" }\n',
+        "net",
+        r"net\.prototxt:1:1: unknown field 'layr' in NetParameter; did you mean 'layer'\?.*No known Caffe fork",
+    ),
+    (
+        "unknown-nested-field",
+        "net.prototxt",
+        'layer {\n  name: "p"\n  pooling_param { kernal_size: 3 }\n}\n',
+        "net",
+        r"net\.prototxt:3:19: unknown field 'kernal_size' in PoolingParameter; did you mean 'kernel_size'\?",
+    ),
+    (
+        "fork-field",
+        "net.prototxt",
+        'layer { name: "n" type: "Normalize" norm_param { across_spatial: false } }\n',
+        "net",
+        r"unknown field 'norm_param' in LayerParameter.*defined by the SSD fork",
+    ),
+    (
+        "wrong-enum",
+        "net.prototxt",
+        'layer { name: "a" include { phase: TRAN } }\n',
+        "net",
+        r"net\.prototxt:1:36: Phase has no value 'TRAN'; did you mean TRAIN\?",
+    ),
+    (
+        "wrong-pool-enum",
+        "net.prototxt",
+        'layer { name: "p" pooling_param { pool: AVERAGE } }\n',
+        "net",
+        r"PoolingParameter\.PoolMethod has no value 'AVERAGE'; did you mean AVE\?",
+    ),
+    (
+        "solver-unknown-field",
+        "solver.prototxt",
+        'base_lr: 0.1\nlr_polcy: "step"\n',
+        "solver",
+        r"solver\.prototxt:2:1: unknown field 'lr_polcy' in SolverParameter; did you mean 'lr_policy'\?",
+    ),
+    (
+        "solver-wrong-enum",
+        "solver.prototxt",
+        "solver_mode: TPU\n",
+        "solver",
+        r"SolverParameter\.SolverMode has no value 'TPU'",
+    ),
+    (
+        "net-file-as-caffemodel",
+        "net.caffemodel",
+        GOOD_LAYER,
+        "caffemodel",
+        r"net\.caffemodel: is a text file \(prototxt\?\), not a binary caffemodel",
+    ),
     ("zero-length", "empty.caffemodel", b"", "caffemodel", r"empty\.caffemodel: file is empty \(0 bytes\)"),
-    ("random-bytes", "random.caffemodel", bytes(range(256)) * 3 + b"\xff\xff", "caffemodel",
-     r"random\.caffemodel: cannot decode as a caffemodel .*truncated, corrupt or of another kind"),
-    ("truncated", "cut.caffemodel", None, "caffemodel",
-     r"cut\.caffemodel: cannot decode as a caffemodel \(\d+ bytes\): the file is truncated"),
-    ("solverstate-as-caffemodel", "s.caffemodel", None, "caffemodel",
-     r"s\.caffemodel: cannot decode as a caffemodel .*\(it looks like a \.solverstate\)"),
-    ("caffemodel-as-mean", "w.binaryproto", None, "blobproto", r"w\.binaryproto: .*\(it looks like a \.caffemodel\)"),
-    ("binary-as-prototxt", "w.prototxt", None, "net", r"w\.prototxt: not a text prototxt .*binary \.caffemodel"),
+    (
+        "random-bytes",
+        "random.caffemodel",
+        bytes(range(256)) * 3 + b"\xff\xff",
+        "caffemodel",
+        r"random\.caffemodel: cannot decode as a caffemodel .*truncated, corrupt or of another kind",
+    ),
+    (
+        "truncated",
+        "cut.caffemodel",
+        None,
+        "caffemodel",
+        r"cut\.caffemodel: cannot decode as a caffemodel \(\d+ bytes\): the file is truncated",
+    ),
+    (
+        "solverstate-as-caffemodel",
+        "s.caffemodel",
+        None,
+        "caffemodel",
+        r"s\.caffemodel: cannot decode as a caffemodel .*\(it looks like a \.solverstate\)",
+    ),
+    (
+        "caffemodel-as-mean",
+        "w.binaryproto",
+        None,
+        "blobproto",
+        r"w\.binaryproto: .*\(it looks like a \.caffemodel\)",
+    ),
+    (
+        "binary-as-prototxt",
+        "w.prototxt",
+        None,
+        "net",
+        r"w\.prototxt: not a text prototxt .*binary \.caffemodel",
+    ),
     ("missing-file", "absent.prototxt", "MISSING", "net", r"net prototxt file not found: .*absent\.prototxt"),
-    ("missing-caffemodel", "absent.caffemodel", "MISSING", "caffemodel", r"caffemodel file not found: .*absent\.caffemodel"),
+    (
+        "missing-caffemodel",
+        "absent.caffemodel",
+        "MISSING",
+        "caffemodel",
+        r"caffemodel file not found: .*absent\.caffemodel",
+    ),
 ]
 
 READERS = {
@@ -83,8 +186,12 @@ def test_there_are_at_least_15_cases() -> None:
     assert len(CASES) >= 15
 
 
-@pytest.mark.parametrize(("case_id", "name", "content", "reader", "pattern"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_message(tmp_path: Path, case_id: str, name: str, content, reader: str, pattern: str) -> None:
+@pytest.mark.parametrize(
+    ("case_id", "name", "content", "reader", "pattern"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_input_message(
+    tmp_path: Path, case_id: str, name: str, content, reader: str, pattern: str
+) -> None:
     path = tmp_path / name
     content = _content(case_id, content)
     if content != "MISSING":

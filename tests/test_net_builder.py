@@ -56,20 +56,35 @@ def test_include_exclude_rules_follow_caffe() -> None:
     assert names(cc.Net(text, phase="TRAIN")) == ["in", "train_only", "not_test", "unstaged"]
     assert names(cc.Net(text, phase=cc.TEST)) == ["in", "test_only", "unstaged", "either"]
     assert names(cc.Net(text, phase="TRAIN", level=2, stages=["deploy"])) == [
-        "in", "train_only", "not_test", "level2", "staged",
+        "in",
+        "train_only",
+        "not_test",
+        "level2",
+        "staged",
     ]
-    assert names(cc.Net(text, phase="TRAIN", stages=["s"])) == ["in", "train_only", "not_test", "unstaged", "either"]
+    assert names(cc.Net(text, phase="TRAIN", stages=["s"])) == [
+        "in",
+        "train_only",
+        "not_test",
+        "unstaged",
+        "either",
+    ]
     with pytest.raises(LayerError, match="either include rules or exclude rules"):
-        cc.Net(INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" include { phase: TRAIN } '
-               "exclude { phase: TEST } }")
+        cc.Net(
+            INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" include { phase: TRAIN } '
+            "exclude { phase: TEST } }"
+        )
 
 
 def test_outputs_are_alphabetical_and_in_place_blobs_keep_their_final_value() -> None:
-    net = cc.Net(INPUT + (
-        'layer { name: "z" type: "Sigmoid" bottom: "x" top: "zz" }\n'
-        'layer { name: "a" type: "TanH" bottom: "x" top: "aa" }\n'
-        'layer { name: "ip" type: "ReLU" bottom: "aa" top: "aa" }\n'
-    ))
+    net = cc.Net(
+        INPUT
+        + (
+            'layer { name: "z" type: "Sigmoid" bottom: "x" top: "zz" }\n'
+            'layer { name: "a" type: "TanH" bottom: "x" top: "aa" }\n'
+            'layer { name: "ip" type: "ReLU" bottom: "aa" top: "aa" }\n'
+        )
+    )
     x = torch.randn(2, 3, 5, 7)
     outs = net(x=x)
     assert list(outs) == ["aa", "zz"]
@@ -130,10 +145,17 @@ def test_train_and_test_nets_share_blobs() -> None:
 def test_errors_name_the_layer_and_blob() -> None:
     with pytest.raises(LayerError, match=r"layer 'r' \(ReLU\): bottom blob 'nope' .* not produced"):
         cc.Net(INPUT + 'layer { name: "r" type: "ReLU" bottom: "nope" top: "y" }\n')
-    with pytest.raises(LayerError, match=r"layer 's' \(Sigmoid\): top blob 'y' is produced by multiple sources"):
-        cc.Net(INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }\n'
-               'layer { name: "s" type: "Sigmoid" bottom: "x" top: "y" }\n')
-    with pytest.raises(LayerError, match=r"layer 'f': unknown layer type 'Frobnicate'\. Known types: .*ReLU.*To add one.*register"):
+    with pytest.raises(
+        LayerError, match=r"layer 's' \(Sigmoid\): top blob 'y' is produced by multiple sources"
+    ):
+        cc.Net(
+            INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }\n'
+            'layer { name: "s" type: "Sigmoid" bottom: "x" top: "y" }\n'
+        )
+    with pytest.raises(
+        LayerError,
+        match=r"layer 'f': unknown layer type 'Frobnicate'\. Known types: .*ReLU.*To add one.*register",
+    ):
         cc.Net(INPUT + 'layer { name: "f" type: "Frobnicate" bottom: "x" top: "y" }\n')
     with pytest.raises(LayerError, match=r"layer 'r' \(ReLU\): takes 1 bottom blob\(s\), got 2"):
         cc.Net(INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" bottom: "x" top: "y" }\n')
@@ -162,13 +184,17 @@ def test_weights_load_by_name_with_caffe_checks(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="incompatible number of blobs for layer 'nobias'"):
         nobias.copy_from(proto)
     wide = cc.Net(text.replace("dim: 3", "dim: 4"))
-    with pytest.raises(WeightsError, match=r"cannot copy param 0 weights from layer 'a'; shape mismatch.*rename the layer"):
+    with pytest.raises(
+        WeightsError, match=r"cannot copy param 0 weights from layer 'a'; shape mismatch.*rename the layer"
+    ):
         wide.copy_from(path)
 
 
 def test_generated_code_is_plain_pytorch_and_traces() -> None:
-    net = cc.Net(INPUT + 'layer { name: "a" type: "TestChannelAffine" bottom: "x" top: "y" }\n'
-                 'layer { name: "r" type: "ReLU" bottom: "y" top: "y" }\n')
+    net = cc.Net(
+        INPUT + 'layer { name: "a" type: "TestChannelAffine" bottom: "x" top: "y" }\n'
+        'layer { name: "r" type: "ReLU" bottom: "y" top: "y" }\n'
+    )
     assert "def forward(self, x)" in net.code and "self.a(x)" in net.code
     x = torch.randn(2, 3, 5, 7)
     exported = torch.export.export(net, (x,))

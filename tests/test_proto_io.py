@@ -128,10 +128,16 @@ def test_mean_binaryproto_reads() -> None:
 
 def test_blob_array_conversion_round_trips() -> None:
     rng = np.random.default_rng(0)
-    for array in (rng.standard_normal((2, 3, 5, 7)).astype(np.float32), np.float32(3.5).reshape(()), rng.random(4)):
+    for array in (
+        rng.standard_normal((2, 3, 5, 7)).astype(np.float32),
+        np.float32(3.5).reshape(()),
+        rng.random(4),
+    ):
         blob = array_to_blob(array)
         back = blob_to_array(blob)
-        assert back.shape == array.shape and back.dtype == (np.float64 if array.dtype == np.float64 else np.float32)
+        assert back.shape == array.shape and back.dtype == (
+            np.float64 if array.dtype == np.float64 else np.float32
+        )
         np.testing.assert_array_equal(back, array)
     legacy = caffe_pb2.BlobProto(num=1, channels=2, height=1, width=3)
     legacy.data.extend([1, 2, 3, 4, 5, 6])
@@ -143,7 +149,9 @@ def test_caffemodel_with_undecodable_fork_parameters_still_gives_weights(tmp_pat
     layer = caffe_pb2.LayerParameter(name="fc", type="InnerProduct", bottom=["x"], top=["y"])
     array_to_blob(np.arange(6, dtype=np.float32).reshape(2, 3), layer.blobs.add())
     garbage = b"\xff\xff\xff"
-    payload = layer.SerializeToString() + encoder.TagBytes(214, 2) + encoder._VarintBytes(len(garbage)) + garbage
+    payload = (
+        layer.SerializeToString() + encoder.TagBytes(214, 2) + encoder._VarintBytes(len(garbage)) + garbage
+    )
     data = encoder.TagBytes(100, 2) + encoder._VarintBytes(len(payload)) + payload
     path = tmp_path / "fork.caffemodel"
     path.write_bytes(data)
@@ -156,7 +164,9 @@ def test_caffemodel_with_undecodable_fork_parameters_still_gives_weights(tmp_pat
 
 def test_v1_caffemodel_upgrades(tmp_path: Path) -> None:
     net = caffe_pb2.NetParameter(name="v1")
-    conv = net.layers.add(name="conv1", type=caffe_pb2.V1LayerParameter.CONVOLUTION, bottom=["data"], top=["c"])
+    conv = net.layers.add(
+        name="conv1", type=caffe_pb2.V1LayerParameter.CONVOLUTION, bottom=["data"], top=["c"]
+    )
     conv.blobs_lr.extend([1, 2])
     conv.weight_decay.extend([1, 0])
     conv.convolution_param.num_output = 2
@@ -169,7 +179,10 @@ def test_v1_caffemodel_upgrades(tmp_path: Path) -> None:
     path.write_bytes(net.SerializeToString())
     upgraded = cc.read_caffemodel(path)
     assert not upgraded.layers
-    assert [(layer.name, layer.type) for layer in upgraded.layer] == [("conv1", "Convolution"), ("fc", "InnerProduct")]
+    assert [(layer.name, layer.type) for layer in upgraded.layer] == [
+        ("conv1", "Convolution"),
+        ("fc", "InnerProduct"),
+    ]
     assert [(p.lr_mult, p.decay_mult) for p in upgraded.layer[0].param] == [(1, 1), (2, 0)]
     assert blob_to_array(upgraded.layer[0].blobs[0]).shape == (2, 1, 1, 3)
     assert blob_to_array(upgraded.layer[1].blobs[0]).shape == (1, 1, 1, 4)
@@ -197,7 +210,10 @@ def test_v1_prototxt_upgrades_on_read() -> None:
 def test_generated_code_is_current() -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools (a dev dependency) regenerates caffe_pb2.py")
     result = subprocess.run(
-        [sys.executable, "-m", "caffe_compat.proto.regenerate", "--check"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "caffe_compat.proto.regenerate", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is current" in result.stdout

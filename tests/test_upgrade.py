@@ -275,19 +275,30 @@ def test_v0_all_params_full_upgrade_adds_input_layer():
     assert (first.name, first.type, list(first.top)) == ("input", "Input", ["input_data"])
     assert [list(s.dim) for s in first.input_param.shape] == [[64, 3, 32, 32]]
     assert [layer.type for layer in up.layer[1:6]] == [
-        "Data", "ImageData", "WindowData", "HDF5Data", "Convolution"]
+        "Data",
+        "ImageData",
+        "WindowData",
+        "HDF5Data",
+        "Convolution",
+    ]
     assert up.layer[5].param[1].lr_mult == 2 and up.layer[5].param[1].decay_mult == 0
     assert not net_needs_upgrade(up)
 
 
 def test_v0_net_keeps_only_name_inputs_and_force_backward():
     # UpgradeV0Net rebuilds the net from name, input, input_dim and force_backward only.
-    v1 = _upgrade_v0_net(net("""name: 'n' input: 'x' input_dim: 1 input_dim: 1 input_dim: 2
+    v1 = _upgrade_v0_net(
+        net("""name: 'n' input: 'x' input_dim: 1 input_dim: 1 input_dim: 2
         input_dim: 2 force_backward: true debug_info: true state { phase: TEST }
-        layers { layer { name: 'r' type: 'relu' } bottom: 'x' top: 'r' }"""), "<t>")
-    assert_same(v1, net("""name: 'n' input: 'x' input_dim: 1 input_dim: 1 input_dim: 2
+        layers { layer { name: 'r' type: 'relu' } bottom: 'x' top: 'r' }"""),
+        "<t>",
+    )
+    assert_same(
+        v1,
+        net("""name: 'n' input: 'x' input_dim: 1 input_dim: 1 input_dim: 2
         input_dim: 2 force_backward: true
-        layers { name: 'r' type: RELU bottom: 'x' top: 'r' }"""))
+        layers { name: 'r' type: RELU bottom: 'x' top: 'r' }"""),
+    )
 
 
 def test_v0_group_on_pool_layer_raises_naming_source_and_layer():
@@ -390,12 +401,14 @@ def test_upgrade_returns_copy_and_leaves_argument_alone():
 
 
 def test_image_and_window_data_transform_upgrade():
-    up = upgrade_net(net("""
+    up = upgrade_net(
+        net("""
         layers { name: 'img' type: IMAGE_DATA
                  image_data_param { source: 'list.txt' batch_size: 8 scale: 0.5 mirror: false } }
         layers { name: 'win' type: WINDOW_DATA
                  window_data_param { source: 'w.txt' crop_size: 227 mean_file: 'm' } }
-        layers { name: 'h5' type: HDF5_DATA hdf5_data_param { source: 'h.txt' } }"""))
+        layers { name: 'h5' type: HDF5_DATA hdf5_data_param { source: 'h.txt' } }""")
+    )
     expected = net("""
         layer { name: 'img' type: 'ImageData' transform_param { scale: 0.5 mirror: false }
                 image_data_param { source: 'list.txt' batch_size: 8 } }
@@ -406,10 +419,12 @@ def test_image_and_window_data_transform_upgrade():
 
 
 def test_v1_param_names_share_modes_and_multipliers():
-    up = upgrade_net(net("""
+    up = upgrade_net(
+        net("""
         layers { name: 'a' type: INNER_PRODUCT param: 'w' param: 'b'
                  blob_share_mode: PERMISSIVE blob_share_mode: STRICT
-                 blobs_lr: 3 weight_decay: 0.5 weight_decay: 0.25 }"""))
+                 blobs_lr: 3 weight_decay: 0.5 weight_decay: 0.25 }""")
+    )
     expected = net("""
         layer { name: 'a' type: 'InnerProduct'
                 param { name: 'w' share_mode: PERMISSIVE lr_mult: 3 decay_mult: 0.5 }
@@ -418,13 +433,15 @@ def test_v1_param_names_share_modes_and_multipliers():
 
 
 def test_v1_every_param_message_copied_including_fork_ones():
-    up = upgrade_net(net("""
+    up = upgrade_net(
+        net("""
         layers { name: 'e' type: ELTWISE eltwise_param { operation: MAX } }
         layers { name: 'bn' type: BN bn_param { momentum: 0.5 frozen: true } }
         layers { name: 'loc' type: LOCAL local_param { num_output: 4 kernel_size: 3 } }
         layers { name: 'roi' type: ROIPOOLING roi_pooling_param { pooled_h: 6 pooled_w: 6 } }
         layers { name: 't' type: THRESHOLD threshold_param { } loss_param { normalize: false } }
-        """))
+        """)
+    )
     expected = net("""
         layer { name: 'e' type: 'Eltwise' eltwise_param { operation: MAX } }
         layer { name: 'bn' type: 'BN' bn_param { momentum: 0.5 frozen: true } }
@@ -444,21 +461,53 @@ def test_v1_layer_with_both_layer_and_layers_refused():
 
 # Expected V2 type for every V1LayerParameter.LayerType value (UpgradeV1LayerType + fork).
 V1_TYPES = {
-    "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax",
-    "BNLL": "BNLL", "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss",
-    "CONVOLUTION": "Convolution", "DATA": "Data", "DECONVOLUTION": "Deconvolution",
-    "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss",
-    "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data",
-    "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
-    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss",
-    "INNER_PRODUCT": "InnerProduct", "LRN": "LRN", "MEMORY_DATA": "MemoryData",
-    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss", "MVN": "MVN",
-    "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
-    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split",
-    "SLICE": "Slice", "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
-    "LOCAL": "Local", "BN": "BN", "NORMALIZE": "Normalize", "INSANITY": "Insanity",
-    "TRIPLET_LOSS": "TripletLoss", "ROIPOOLING": "ROIPooling", "BATCH_NORM": "BatchNorm",
+    "NONE": "",
+    "ABSVAL": "AbsVal",
+    "ACCURACY": "Accuracy",
+    "ARGMAX": "ArgMax",
+    "BNLL": "BNLL",
+    "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss",
+    "CONVOLUTION": "Convolution",
+    "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution",
+    "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss",
+    "ELTWISE": "Eltwise",
+    "EXP": "Exp",
+    "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data",
+    "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss",
+    "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss",
+    "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData",
+    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN",
+    "POOLING": "Pooling",
+    "POWER": "Power",
+    "RELU": "ReLU",
+    "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
+    "SILENCE": "Silence",
+    "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "SPLIT": "Split",
+    "SLICE": "Slice",
+    "TANH": "TanH",
+    "WINDOW_DATA": "WindowData",
+    "THRESHOLD": "Threshold",
+    "LOCAL": "Local",
+    "BN": "BN",
+    "NORMALIZE": "Normalize",
+    "INSANITY": "Insanity",
+    "TRIPLET_LOSS": "TripletLoss",
+    "ROIPOOLING": "ROIPooling",
+    "BATCH_NORM": "BatchNorm",
     "ELTWISE_AFFINE": "EltwiseAffine",
 }
 
@@ -486,10 +535,12 @@ def test_unknown_v1_layer_type_raises():
 
 
 def test_input_shape_becomes_leading_input_layer():
-    up = upgrade_net(net("""
+    up = upgrade_net(
+        net("""
         name: 'deploy' input: 'data' input_shape { dim: 1 dim: 3 dim: 224 dim: 224 }
         layer { name: 'conv' type: 'Convolution' bottom: 'data' top: 'conv' }
-        layer { name: 'relu' type: 'ReLU' bottom: 'conv' top: 'conv' }"""))
+        layer { name: 'relu' type: 'ReLU' bottom: 'conv' top: 'conv' }""")
+    )
     expected = net("""
         name: 'deploy'
         layer { name: 'input' type: 'Input' top: 'data'
@@ -500,11 +551,13 @@ def test_input_shape_becomes_leading_input_layer():
 
 
 def test_two_inputs_with_input_dim():
-    up = upgrade_net(net("""
+    up = upgrade_net(
+        net("""
         input: 'data' input: 'im_info'
         input_dim: 1 input_dim: 3 input_dim: 600 input_dim: 800
         input_dim: 1 input_dim: 3 input_dim: 1 input_dim: 1
-        layers { name: 'r' type: RELU bottom: 'data' top: 'r' }"""))
+        layers { name: 'r' type: RELU bottom: 'data' top: 'r' }""")
+    )
     expected = net("""
         layer { name: 'input' type: 'Input' top: 'data' top: 'im_info'
                 input_param { shape { dim: 1 dim: 3 dim: 600 dim: 800 }
@@ -525,12 +578,16 @@ def test_input_dim_count_mismatch_raises():
 
 
 def test_conflicting_input_shape_and_input_dim_raise():
-    bad = net("input: 'data' input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } "
-              "input_dim: 1 input_dim: 3 input_dim: 9 input_dim: 8")
+    bad = net(
+        "input: 'data' input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } "
+        "input_dim: 1 input_dim: 3 input_dim: 9 input_dim: 8"
+    )
     with pytest.raises(UpgradeError, match="'data'.*conflicts"):
         upgrade_net(bad)
-    same = net("input: 'data' input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } "
-               "input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8")
+    same = net(
+        "input: 'data' input_shape { dim: 1 dim: 3 dim: 8 dim: 8 } "
+        "input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8"
+    )
     assert list(upgrade_net(same).layer[0].input_param.shape[0].dim) == [1, 3, 8, 8]
 
 
@@ -539,10 +596,12 @@ def test_conflicting_input_shape_and_input_dim_raise():
 
 
 def test_batch_norm_with_three_params_gets_zero_multipliers():
-    up = upgrade_net(net("""
+    up = upgrade_net(
+        net("""
         layer { name: 'bn' type: 'BatchNorm' bottom: 'x' top: 'x'
                 param { lr_mult: 0 } param { name: 'var' lr_mult: 0 } param { lr_mult: 0 } }
-        layer { name: 'bn2' type: 'BatchNorm' param { lr_mult: 1 } param { lr_mult: 1 } }"""))
+        layer { name: 'bn2' type: 'BatchNorm' param { lr_mult: 1 } param { lr_mult: 1 } }""")
+    )
     expected = net("""
         layer { name: 'bn' type: 'BatchNorm' bottom: 'x' top: 'x'
                 param { lr_mult: 0 decay_mult: 0 } param { name: 'var' lr_mult: 0 decay_mult: 0 }
@@ -555,8 +614,9 @@ def test_batch_norm_with_three_params_gets_zero_multipliers():
 
 
 def test_v1_fork_batch_norm_upgraded_then_multipliers_zeroed():
-    up = upgrade_net(net("layers { name: 'bn' type: BATCH_NORM blobs_lr: 1 blobs_lr: 1 "
-                         "blobs_lr: 1 weight_decay: 1 }"))
+    up = upgrade_net(
+        net("layers { name: 'bn' type: BATCH_NORM blobs_lr: 1 blobs_lr: 1 blobs_lr: 1 weight_decay: 1 }")
+    )
     assert up.layer[0].type == "BatchNorm"
     assert [(p.lr_mult, p.decay_mult) for p in up.layer[0].param] == [(0, 0)] * 3
     assert all(p.HasField("decay_mult") for p in up.layer[0].param)
@@ -565,15 +625,19 @@ def test_v1_fork_batch_norm_upgraded_then_multipliers_zeroed():
 # ---------------------------------------------------------------------------------------------
 # needs-upgrade detection
 
-@pytest.mark.parametrize(("text", "needed"), [
-    ("layer { name: 'r' type: 'ReLU' }", False),
-    ("name: 'empty'", False),
-    ("layers { name: 'r' type: RELU }", True),
-    ("layers { layer { name: 'r' type: 'relu' } }", True),
-    ("input: 'data' layer { name: 'r' type: 'ReLU' }", True),
-    ("layer { type: 'BatchNorm' param {} param {} param {} }", True),
-    ("layer { type: 'BatchNorm' param {} param {} }", False),
-])
+
+@pytest.mark.parametrize(
+    ("text", "needed"),
+    [
+        ("layer { name: 'r' type: 'ReLU' }", False),
+        ("name: 'empty'", False),
+        ("layers { name: 'r' type: RELU }", True),
+        ("layers { layer { name: 'r' type: 'relu' } }", True),
+        ("input: 'data' layer { name: 'r' type: 'ReLU' }", True),
+        ("layer { type: 'BatchNorm' param {} param {} param {} }", True),
+        ("layer { type: 'BatchNorm' param {} param {} }", False),
+    ],
+)
 def test_net_needs_upgrade(text, needed):
     assert net_needs_upgrade(net(text)) is needed
 
@@ -613,8 +677,9 @@ def test_caffemodel_upgrade_keeps_legacy_blob_dims():
 def test_upgrade_blob_shape_legacy_dims():
     blob = net(V1_CAFFEMODEL).layers[0].blobs[0]
     upgrade_blob_shape(blob)
-    expected = text_format.Parse("shape { dim: 2 dim: 1 dim: 2 dim: 2 } "
-                                 "data: [1, 2, 3, 4, 5, 6, 7, 8]", caffe_pb2.BlobProto())
+    expected = text_format.Parse(
+        "shape { dim: 2 dim: 1 dim: 2 dim: 2 } data: [1, 2, 3, 4, 5, 6, 7, 8]", caffe_pb2.BlobProto()
+    )
     assert_same(blob, expected)
 
 
@@ -626,8 +691,7 @@ def test_upgrade_blob_shape_partial_legacy_and_precedence_over_shape():
 
 
 def test_upgrade_blob_shape_leaves_modern_and_scalar_blobs():
-    modern = text_format.Parse("shape { dim: 3 dim: 2 } data: [1, 2, 3, 4, 5, 6]",
-                               caffe_pb2.BlobProto())
+    modern = text_format.Parse("shape { dim: 3 dim: 2 } data: [1, 2, 3, 4, 5, 6]", caffe_pb2.BlobProto())
     before = modern.SerializeToString()
     upgrade_blob_shape(modern)
     assert modern.SerializeToString() == before
@@ -649,10 +713,17 @@ snapshot_prefix: 'examples/mnist/lenet_rmsprop' solver_mode: GPU
 """
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    ("SGD", "SGD"), ("ADAGRAD", "AdaGrad"), ("NESTEROV", "Nesterov"), ("RMSPROP", "RMSProp"),
-    ("ADADELTA", "AdaDelta"), ("ADAM", "Adam"),
-])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("SGD", "SGD"),
+        ("ADAGRAD", "AdaGrad"),
+        ("NESTEROV", "Nesterov"),
+        ("RMSPROP", "RMSProp"),
+        ("ADADELTA", "AdaDelta"),
+        ("ADAM", "Adam"),
+    ],
+)
 def test_solver_type_upgrade(old, new):
     solver = text_format.Parse(SOLVER_TEXT + f"solver_type: {old}", caffe_pb2.SolverParameter())
     assert solver_needs_upgrade(solver)
@@ -670,7 +741,6 @@ def test_solver_without_solver_type_unchanged():
 
 
 def test_solver_with_both_type_fields_raises():
-    solver = text_format.Parse(SOLVER_TEXT + "solver_type: ADAM type: 'Adam'",
-                               caffe_pb2.SolverParameter())
+    solver = text_format.Parse(SOLVER_TEXT + "solver_type: ADAM type: 'Adam'", caffe_pb2.SolverParameter())
     with pytest.raises(UpgradeError, match="solver.prototxt.*both"):
         upgrade_solver(solver, "solver.prototxt")

@@ -8,6 +8,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     conv,
     data,
     face,
+    image_data,
     inner_product,
     input,
     loss,

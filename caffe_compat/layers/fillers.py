@@ -65,7 +65,9 @@ def fill(shape: tuple[int, ...], filler: caffe_pb2.FillerParameter | None, where
         return out
     if kind == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
-            raise LayerError(f"{where}: the bilinear filler needs a 4-D blob with square kernels, got {list(shape)}")
+            raise LayerError(
+                f"{where}: the bilinear filler needs a 4-D blob with square kernels, got {list(shape)}"
+            )
         k = shape[3]
         f = math.ceil(k / 2.0)
         c = (2 * f - 1 - f % 2) / (2.0 * f)

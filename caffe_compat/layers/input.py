@@ -17,7 +17,8 @@ class Input(CaffeLayer):
 
     is_input = True
     example = """
-layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } shape { dim: 2 } } }
+layer { name: "in" type: "Input" top: "x" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } shape { dim: 2 } } }
 """
 
     def __init__(self, shapes: list[Shape]) -> None:

@@ -51,8 +51,7 @@ def layer_class(type_name: str, layer_name: str = "?") -> type[CaffeLayer]:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise LayerError(
-            f"layer '{layer_name}': unknown layer type '{type_name}'. Known types: {known}. "
-            f"{HOW_TO_REGISTER}"
+            f"layer '{layer_name}': unknown layer type '{type_name}'. Known types: {known}. {HOW_TO_REGISTER}"
         ) from None
 
 

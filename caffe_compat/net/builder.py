@@ -76,7 +76,8 @@ def _share_named_params(
                     )
             elif owner.tensor.shape != tensor.shape:
                 raise LayerError(
-                    f"{layer_label(layer)}: cannot share param '{name}' owned by layer '{owner.layer}': shape "
+                    f"{layer_label(layer)}: cannot share param '{name}' owned by layer '{owner.layer}': "
+                    "shape "
                     f"mismatch, owner {list(owner.tensor.shape)} vs {list(tensor.shape)} (use share_mode: "
                     "PERMISSIVE to only check the count)"
                 )
@@ -98,12 +99,15 @@ def _share_with(module: CaffeLayer, other: CaffeLayer | None, layer: caffe_pb2.L
         return
     mine, theirs = module.present_blob_specs(), other.present_blob_specs()
     if [b.name for b in mine] != [b.name for b in theirs]:
-        raise LayerError(f"{layer_label(layer)}: cannot share blobs with the train net's layer of the same name")
+        raise LayerError(
+            f"{layer_label(layer)}: cannot share blobs with the train net's layer of the same name"
+        )
     for spec in mine:
         source = getattr(other, spec.name)
         if source.shape != getattr(module, spec.name).shape:
             raise LayerError(
-                f"{layer_label(layer)}: blob '{spec.name}' has shape {list(getattr(module, spec.name).shape)} "
+                f"{layer_label(layer)}: blob '{spec.name}' has shape "
+                f"{list(getattr(module, spec.name).shape)} "
                 f"but the train net's has {list(source.shape)}"
             )
         module.set_blob(spec.name, source)
@@ -149,7 +153,10 @@ def build(
         else:
             top_shapes = _top_shapes(module, layer, bottom_shapes)
         if len(top_shapes) != len(layer.top):
-            raise LayerError(f"{layer_label(layer)}: produces {len(top_shapes)} tops but the prototxt names {len(layer.top)}")
+            raise LayerError(
+                f"{layer_label(layer)}: produces {len(top_shapes)} tops but the prototxt names "
+                f"{len(layer.top)}"
+            )
         for top, shape in zip(layer.top, top_shapes, strict=True):
             built.blob_shapes[top] = tuple(shape)
         if _is_source(cls):
@@ -176,7 +183,9 @@ def build(
     return built
 
 
-def _top_shapes(module: CaffeLayer, layer: caffe_pb2.LayerParameter, bottom_shapes: list[Shape]) -> list[Shape]:
+def _top_shapes(
+    module: CaffeLayer, layer: caffe_pb2.LayerParameter, bottom_shapes: list[Shape]
+) -> list[Shape]:
     try:
         return [tuple(int(d) for d in s) for s in module.top_shapes(bottom_shapes)]
     except LayerError:

@@ -67,7 +67,8 @@ def filter_net(net: caffe_pb2.NetParameter, state: caffe_pb2.NetState) -> caffe_
     for layer in net.layer:
         if layer.include and layer.exclude:
             raise LayerError(
-                f"layer '{layer.name}' ({layer.type}): specify either include rules or exclude rules, not both"
+                f"layer '{layer.name}' ({layer.type}): specify either include rules or exclude rules, "
+                "not both"
             )
         if layer.include:
             kept = any(state_meets_rule(state, rule) for rule in layer.include)

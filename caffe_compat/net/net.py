@@ -47,6 +47,7 @@ class Net(nn.Module):
         level, stages: the NetState level and stages used by include/exclude rules.
         input_shapes: shapes for inputs whose shape the prototxt cannot give (data layers).
         share_from: another Net (the solver's train net) whose same-named layers' blobs are shared.
+        source_dir: the folder relative data paths fall back to (default: the prototxt's folder).
     """
 
     def __init__(
@@ -58,14 +59,17 @@ class Net(nn.Module):
         stages: Iterable[str] = (),
         input_shapes: dict[str, tuple[int, ...]] | None = None,
         share_from: Net | None = None,
+        source_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         param = read_net(net)
-        self.net_dir = _net_dir(net)
+        self.net_dir = Path(source_dir) if source_dir is not None else _net_dir(net)
         state = make_state(param.state if param.HasField("state") else None, phase, level, stages)
         self.net_param = filter_net(param, state)
         self.phase = state.phase
-        reserved = set(dir(type(self))) | set(vars(self)) | {"net_param", "net_dir", "phase", "blobs", "layers"}
+        reserved = (
+            set(dir(type(self))) | set(vars(self)) | {"net_param", "net_dir", "phase", "blobs", "layers"}
+        )
         built = build(
             self.net_param,
             net_dir=self.net_dir,
@@ -107,8 +111,10 @@ class Net(nn.Module):
         """Run the net. Inputs by blob name (or positionally, in ``input_names`` order); data
         layers whose tops are not given read their next batch, as Caffe's Forward does."""
         if len(args) > len(self.input_names):
-            raise CaffeCompatError(f"the net takes {len(self.input_names)} inputs, got {len(args)} positional")
-        given = dict(zip(self.input_names, args))
+            raise CaffeCompatError(
+                f"the net takes {len(self.input_names)} inputs, got {len(args)} positional"
+            )
+        given = dict(zip(self.input_names, args, strict=False))  # fewer args than inputs is fine
         duplicated = set(given) & set(inputs)
         if duplicated:
             raise CaffeCompatError(f"inputs given twice: {sorted(duplicated)}")

@@ -6,7 +6,14 @@ from pathlib import Path
 
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.proto import caffe_pb2
-from caffe_compat.proto.io import PathLike, decode_message, read_binary, parse_text, write_caffemodel, write_text
+from caffe_compat.proto.io import (
+    PathLike,
+    decode_message,
+    parse_text,
+    read_binary,
+    write_caffemodel,
+    write_text,
+)
 from caffe_compat.proto.upgrade import net_needs_upgrade, upgrade_net
 
 
@@ -25,7 +32,9 @@ def upgrade_file(source: PathLike, target: PathLike) -> tuple[str, bool]:
     if not Path(source).is_file():
         raise CaffeCompatError(f"net file not found: {source}")
     if is_binary_file(source):
-        net = decode_message(read_binary(source, "caffemodel"), caffe_pb2.NetParameter(), source, "caffemodel")
+        net = decode_message(
+            read_binary(source, "caffemodel"), caffe_pb2.NetParameter(), source, "caffemodel"
+        )
         changed = net_needs_upgrade(net)
         write_caffemodel(upgrade_net(net, str(source)) if changed else net, target)
         return "binary caffemodel", changed

@@ -27,7 +27,7 @@ import numpy as np
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-from caffe_compat.errors import CaffemodelError, CaffeCompatError, PrototxtError
+from caffe_compat.errors import CaffeCompatError, CaffemodelError, PrototxtError
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.proto.known_forks import fork_defining
 

@@ -182,8 +182,12 @@ _V0_MESSAGE_RULES: dict[str, dict[str, str]] = {
 }
 
 # V0 fields that become transform_param fields whatever the layer type.
-_V0_TRANSFORM_FIELDS = {"scale": "scale", "meanfile": "mean_file", "cropsize": "crop_size",
-                        "mirror": "mirror"}
+_V0_TRANSFORM_FIELDS = {
+    "scale": "scale",
+    "meanfile": "mean_file",
+    "cropsize": "crop_size",
+    "mirror": "mirror",
+}
 
 _V0_POOL_METHODS = {
     _V0.MAX: caffe_pb2.PoolingParameter.MAX,
@@ -287,9 +291,7 @@ def _fold_padding_layers(net: caffe_pb2.NetParameter, source: str) -> caffe_pb2.
             out.layers.add().CopyFrom(conn)
         for j, blob in enumerate(conn.bottom):
             if blob not in last_top:
-                raise UpgradeError(
-                    f"{source}: V0 {_layer_label(i, v0.name)}: unknown bottom blob {blob!r}"
-                )
+                raise UpgradeError(f"{source}: V0 {_layer_label(i, v0.name)}: unknown bottom blob {blob!r}")
             producer_idx = last_top[blob]
             if producer_idx == -1:
                 continue
@@ -320,8 +322,7 @@ def _fold_padding_layers(net: caffe_pb2.NetParameter, source: str) -> caffe_pb2.
     return out
 
 
-def _v0_layer_to_v1(conn: caffe_pb2.V1LayerParameter, index: int,
-                    source: str) -> caffe_pb2.V1LayerParameter:
+def _v0_layer_to_v1(conn: caffe_pb2.V1LayerParameter, index: int, source: str) -> caffe_pb2.V1LayerParameter:
     """UpgradeV0LayerParameter: rewrite one ``layers { layer { ... } }`` entry as a V1 layer.
 
     Only ``bottom``/``top`` of the connection are kept; everything else comes from the V0
@@ -445,8 +446,7 @@ def v1_layer_type_name(type_enum: int) -> str:
         raise UpgradeError(f"unknown V1LayerParameter layer type {type_enum}") from None
 
 
-def _v1_layer_to_v2(v1: caffe_pb2.V1LayerParameter, index: int,
-                    source: str) -> caffe_pb2.LayerParameter:
+def _v1_layer_to_v2(v1: caffe_pb2.V1LayerParameter, index: int, source: str) -> caffe_pb2.LayerParameter:
     """UpgradeV1LayerParameter: convert one V1 ``layers`` entry to a ``layer`` entry.
 
     Copies bottom/top/name/include/exclude/blobs/loss_weight; maps the type enum to its string;
@@ -546,7 +546,7 @@ def _upgrade_input(net: caffe_pb2.NetParameter, source: str) -> None:
                 f"got {len(net.input_dim)}"
             )
         dims = list(net.input_dim)
-        dim_shapes = [dims[4 * i:4 * i + 4] for i in range(len(names))]
+        dim_shapes = [dims[4 * i : 4 * i + 4] for i in range(len(names))]
     if has_shape:
         if len(net.input_shape) != len(names):
             raise UpgradeError(
@@ -629,8 +629,7 @@ def solver_needs_upgrade(s: caffe_pb2.SolverParameter) -> bool:
     return s.HasField("solver_type")
 
 
-def upgrade_solver(s: caffe_pb2.SolverParameter,
-                   source: str = "<solver>") -> caffe_pb2.SolverParameter:
+def upgrade_solver(s: caffe_pb2.SolverParameter, source: str = "<solver>") -> caffe_pb2.SolverParameter:
     """UpgradeSolverType on a copy: ``solver_type`` enum -> ``type`` string (SGD, Nesterov,
     AdaGrad, RMSProp, AdaDelta, Adam) and ``solver_type`` cleared.
 

@@ -39,6 +39,32 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[PHASE:]LAYER.FIELD=VALUE",
+        help="override a layer field without editing the prototxt, e.g. "
+        "TRAIN:data.image_data_param.source=/data/train.txt (repeatable)",
+    )
+    parser.add_argument(
+        "--data-root",
+        "--data_root",
+        dest="data_root",
+        default=None,
+        metavar="OLD=NEW",
+        help="replace the path prefix OLD of every data source, root_folder and mean_file, "
+        "e.g. C:/datasets=/home/me/data",
+    )
+
+
+def _net_transform(args: argparse.Namespace):
+    from caffe_compat.data.overrides import net_transform
+
+    return net_transform(args.set, args.data_root)
+
+
 def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=int, default=0, help="the NetState level")
     parser.add_argument("--stage", default="", help="NetState stages, separated by ','")
@@ -93,6 +119,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None, help="also write the log to this file")
     _add_device(parser)
     _add_state(parser)
+    _add_overrides(parser)
 
 
 class _SignalHandler:
@@ -168,7 +195,12 @@ def _run_train(args: argparse.Namespace) -> int:
             device = _device(args, log) or default_device(read_solver(args.solver))
             _log_device(log, device)
             solver = Solver(
-                args.solver, log=log, device=device, level=args.level, stages=args.stage.split(",")
+                args.solver,
+                log=log,
+                device=device,
+                level=args.level,
+                stages=args.stage.split(","),
+                net_transform=_net_transform(args),
             )
             handler = _SignalHandler(args.sigint_effect, args.sighup_effect)
             solver.action_request = handler.requested
@@ -200,6 +232,7 @@ def _add_test(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None, help="also write the log to this file")
     _add_device(parser)
     _add_state(parser)
+    _add_overrides(parser)
 
 
 def _run_test(args: argparse.Namespace) -> int:
@@ -208,7 +241,16 @@ def _run_test(args: argparse.Namespace) -> int:
     log = _writer(args)
     try:
         device = _device(args, log)
-        score(args.model, args.weights, args.iterations, log, device, args.level, args.stage.split(","))
+        score(
+            args.model,
+            args.weights,
+            args.iterations,
+            log,
+            device,
+            args.level,
+            args.stage.split(","),
+            net_transform=_net_transform(args),
+        )
     finally:
         log.close()
     return 0
@@ -225,6 +267,7 @@ def _add_time(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None, help="also write the log to this file")
     _add_device(parser)
     _add_state(parser)
+    _add_overrides(parser)
 
 
 def _run_time(args: argparse.Namespace) -> int:
@@ -233,7 +276,16 @@ def _run_time(args: argparse.Namespace) -> int:
     log = _writer(args)
     try:
         device = _device(args, log)
-        benchmark(args.model, args.iterations, log, device, args.phase, args.level, args.stage.split(","))
+        benchmark(
+            args.model,
+            args.iterations,
+            log,
+            device,
+            args.phase,
+            args.level,
+            args.stage.split(","),
+            net_transform=_net_transform(args),
+        )
     finally:
         log.close()
     return 0

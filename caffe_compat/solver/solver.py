@@ -94,6 +94,8 @@ class Solver:
         device: a torch device; by default CUDA when the solver's ``solver_mode`` is GPU (Caffe's
             default) and CUDA is present, else the CPU.
         level, stages: set into the solver's ``train_state`` (``caffe train -level -stage``).
+        net_transform: applied to every net read (``(net_param, phase) -> net_param``), e.g. the
+            data-path overrides of ``caffe-compat train -set/--data-root``.
 
     Attributes:
         net: the train net. test_nets: the test nets. iter: updates done so far.
@@ -112,8 +114,10 @@ class Solver:
         device: str | torch.device | None = None,
         level: int | None = None,
         stages: Sequence[str] = (),
+        net_transform: Callable[[caffe_pb2.NetParameter, int], caffe_pb2.NetParameter] | None = None,
     ) -> None:
         self.log = log if log is not None else GlogWriter()
+        self.net_transform = net_transform
         if isinstance(solver_path, caffe_pb2.SolverParameter):
             self.param = caffe_pb2.SolverParameter()
             self.param.CopyFrom(solver_path)
@@ -215,7 +219,17 @@ class Solver:
     ) -> Net:
         """Build a net in the merged NetState; a file keeps its folder for the data layers' paths."""
         level = state.level if state.HasField("level") else None
-        built = Net(net, phase=state.phase, level=level, stages=list(state.stage), share_from=share_from)
+        folder = net.resolve().parent if isinstance(net, Path) else None
+        if self.net_transform is not None:
+            net = self.net_transform(read_net(net), state.phase)
+        built = Net(
+            net,
+            phase=state.phase,
+            level=level,
+            stages=list(state.stage),
+            share_from=share_from,
+            source_dir=folder,
+        )
         log_net_setup(self.log, built)
         return built
 

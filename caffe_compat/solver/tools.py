@@ -18,7 +18,8 @@ import os
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,9 +27,30 @@ import torch
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.log.glog import GlogWriter, format_number
 from caffe_compat.net.net import Net
+from caffe_compat.proto import caffe_pb2
+from caffe_compat.proto.io import read_net
 from caffe_compat.solver.snapshot import load_weights
 
 _f32 = np.float32
+
+
+NetTransform = Callable[[caffe_pb2.NetParameter, int], caffe_pb2.NetParameter]
+
+
+def build_tool_net(
+    model: str | os.PathLike,
+    phase: str,
+    level: int,
+    stages: Sequence[str],
+    net_transform: NetTransform | None,
+) -> Net:
+    """The net a tool runs: ``model`` in ``phase`` with the command line's overrides applied."""
+    stages = [s for s in stages if s] or ()
+    if net_transform is None:
+        return Net(model, phase=phase, level=level, stages=stages)
+    param = net_transform(read_net(model), caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST)
+    folder = Path(model).resolve().parent if Path(str(model)).is_file() else None
+    return Net(param, phase=phase, level=level, stages=stages, source_dir=folder)
 
 
 def score(
@@ -39,6 +61,7 @@ def score(
     device: torch.device | None = None,
     level: int = 0,
     stages: Sequence[str] = (),
+    net_transform: NetTransform | None = None,
 ) -> dict[str, np.ndarray]:
     """Caffe's ``caffe test``; returns each output's mean."""
     if iterations <= 0:
@@ -47,7 +70,7 @@ def score(
     log.info(
         "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index or 0}", "caffe.cpp:290"
     )
-    net = Net(model, phase="TEST", level=level, stages=[s for s in stages if s] or ())
+    net = build_tool_net(model, "TEST", level, stages, net_transform)
     with log.capture("caffe_compat"):
         load_weights(net, weights)
     net.to(device)
@@ -101,6 +124,7 @@ def benchmark(
     phase: str = "TRAIN",
     level: int = 0,
     stages: Sequence[str] = (),
+    net_transform: NetTransform | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Caffe's ``caffe time``; returns layer -> (forward ms, backward ms) per iteration."""
     if iterations <= 0:
@@ -109,7 +133,7 @@ def benchmark(
     log.info(
         "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index or 0}", "caffe.cpp:367"
     )
-    net = Net(model, phase=phase, level=level, stages=[s for s in stages if s] or ())
+    net = build_tool_net(model, phase, level, stages, net_transform)
     net.to(device)
     inputs = _zero_inputs(net, device)
 
