@@ -34,7 +34,7 @@ import torch
 
 from caffe_compat.errors import CaffemodelError, WeightsError
 from caffe_compat.proto import caffe_pb2
-from caffe_compat.proto.io import blob_shape, blob_to_array, read_caffemodel
+from caffe_compat.proto.io import blob_shape, blob_to_array, encode_varint, read_caffemodel
 
 # Field numbers of caffe.proto (NetParameter, LayerParameter, BlobProto, BlobShape).
 _NET_LAYERS_V1, _NET_LAYER = 2, 100
@@ -444,29 +444,17 @@ def load_into(
 # -- writing ---------------------------------------------------------------------------------------
 
 
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _key(number: int, wire: int) -> bytes:
-    return _varint_bytes(number << 3 | wire)
+    return encode_varint(number << 3 | wire)
 
 
 def _blob_parts(tensor: torch.Tensor) -> tuple[bytes, np.ndarray]:
     """The blob's shape field and data field header, and its float32 values."""
     array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
     shape = caffe_pb2.BlobShape(dim=[int(d) for d in array.shape]).SerializeToString()
-    head = _key(_BLOB_SHAPE, _LEN) + _varint_bytes(len(shape)) + shape
+    head = _key(_BLOB_SHAPE, _LEN) + encode_varint(len(shape)) + shape
     if array.size:
-        head += _key(_BLOB_DATA, _LEN) + _varint_bytes(array.nbytes)
+        head += _key(_BLOB_DATA, _LEN) + encode_varint(array.nbytes)
     return head, array
 
 
@@ -496,11 +484,11 @@ def write_caffemodel_streaming(
             body = len(layer_bytes)
             for head, array in blobs:
                 blob_size = len(head) + array.nbytes
-                body += len(_key(_LAYER_BLOBS, _LEN)) + len(_varint_bytes(blob_size)) + blob_size
-            handle.write(_key(_NET_LAYER, _LEN) + _varint_bytes(body) + layer_bytes)
+                body += len(_key(_LAYER_BLOBS, _LEN)) + len(encode_varint(blob_size)) + blob_size
+            handle.write(_key(_NET_LAYER, _LEN) + encode_varint(body) + layer_bytes)
             for head, array in blobs:
                 blob_size = len(head) + array.nbytes
-                handle.write(_key(_LAYER_BLOBS, _LEN) + _varint_bytes(blob_size) + head)
+                handle.write(_key(_LAYER_BLOBS, _LEN) + encode_varint(blob_size) + head)
                 if array.size:
                     handle.write(memoryview(array.reshape(-1)).cast("B"))
                 bar.update(array.nbytes)

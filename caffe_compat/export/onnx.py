@@ -31,6 +31,7 @@ from torch import fx, nn
 from caffe_compat.export.caffemodel import progress_bar
 from caffe_compat.export.errors import ExportError
 from caffe_compat.export.trace import FlatNet, get_attribute
+from caffe_compat.proto.io import length_delimited_header
 
 #: Used when the exporter does not say which opsets it supports.
 FALLBACK_OPSET = 17
@@ -152,21 +153,7 @@ _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, length: int) -> bytes:
-    """The key and length of a length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(length)
+_field = length_delimited_header
 
 
 def _stream_model(

@@ -15,11 +15,13 @@ and, for text, the line, column and offending token.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -164,10 +166,12 @@ def _new_file_mode(target: Path) -> int:
     return 0o666 & ~umask
 
 
-def write_bytes_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it is renamed onto ``path``.
 
-    A failure leaves the previous file (if any) untouched and no partial file behind.
+    A failure (any exception) leaves the previous file (if any) untouched and no partial file
+    behind. The new file gets the mode a plain ``open(path, "w")`` would give.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -177,9 +181,9 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise CaffeCompatError(f"cannot write {target}: {exc.strerror}") from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        yield Path(tmp_name)
         os.chmod(tmp_name, _new_file_mode(target))
         os.replace(tmp_name, target)
     except BaseException:
@@ -188,6 +192,12 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(message: pb_message.Message, path: PathLike) -> None:
@@ -356,7 +366,8 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -369,6 +380,11 @@ def _encode_varint(value: int) -> bytes:
 
 
 _DATA_FIELD, _DOUBLE_DATA_FIELD = 5, 8
+
+
+def length_delimited_header(field: int, length: int) -> bytes:
+    """The key and length that precede a length-delimited field's ``length`` payload bytes."""
+    return encode_varint(field << 3 | 2) + encode_varint(length)
 
 
 def _blob_values(blob: caffe_pb2.BlobProto) -> np.ndarray:
@@ -428,7 +444,7 @@ def array_to_blob(array: np.ndarray, blob: caffe_pb2.BlobProto | None = None) ->
     else:
         field, payload = _DATA_FIELD, np.ascontiguousarray(array, dtype="<f4").tobytes()
     if payload:
-        blob.MergeFromString(_encode_varint(field << 3 | 2) + _encode_varint(len(payload)) + payload)
+        blob.MergeFromString(length_delimited_header(field, len(payload)) + payload)
     return blob
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from caffe_compat.net.net import Net
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.proto.io import (
     array_to_blob,
+    atomic_output,
     blob_to_array,
     read_solverstate,
     write_bytes_atomic,
@@ -79,22 +79,8 @@ def side_file_for(state_path: str | os.PathLike) -> Path:
 def _write_h5_atomic(path: str | os.PathLike, fill: Callable[[object], None]) -> None:
     import h5py
 
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise CaffeCompatError(f"cannot write {target}: folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w") as handle:
-            fill(handle)
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as handle:
+        fill(handle)
 
 
 def _h5_string(text: str) -> np.ndarray:
