@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 import torch
 
 from caffe_compat.errors import WeightsError
 from caffe_compat.proto import caffe_pb2
-from caffe_compat.proto.io import array_to_blob, blob_shape, blob_to_array, read_caffemodel
+from caffe_compat.proto.caffemodel_index import CaffemodelIndex
+from caffe_compat.proto.io import array_to_blob, blob_shape, blob_to_array
 
 logger = logging.getLogger("caffe_compat")
 
@@ -38,26 +40,26 @@ def _shape_string(shape: Iterable[int]) -> str:
     return " ".join(str(d) for d in shape) + f" ({count})"
 
 
-def copy_blobs_into(
-    layer_name: str, targets: list[torch.Tensor], blobs: list[caffe_pb2.BlobProto], source: str
+ShapeCheck = tuple[tuple[int, ...], Callable[[tuple[int, ...]], bool]]  # (stored shape, equals target?)
+
+
+def check_stored_layer(
+    source: str, layer_name: str, targets: list[torch.Tensor], stored: list[ShapeCheck]
 ) -> None:
-    """Copy stored blobs into a layer's tensors with Caffe's count and shape checks."""
-    if len(targets) != len(blobs):
+    """Caffe's blob-count and ``Blob::ShapeEquals`` checks, with Caffe's messages and hint."""
+    if len(targets) != len(stored):
         raise WeightsError(
             f"{source}: incompatible number of blobs for layer '{layer_name}': the weights hold "
-            f"{len(blobs)}, the net's layer has {len(targets)}"
+            f"{len(stored)}, the net's layer has {len(targets)}"
         )
-    for index, (target, blob) in enumerate(zip(targets, blobs, strict=True)):
-        if not legacy_shape_equals(tuple(target.shape), blob):
+    for index, (target, (shape, equals)) in enumerate(zip(targets, stored, strict=True)):
+        if not equals(tuple(target.shape)):
             raise WeightsError(
                 f"{source}: cannot copy param {index} weights from layer '{layer_name}'; shape mismatch. "
-                f"Source param shape is {_shape_string(blob_shape(blob))}; target param shape is "
+                f"Source param shape is {_shape_string(shape)}; target param shape is "
                 f"{_shape_string(target.shape)}. To learn this layer's parameters from scratch rather "
                 "than copying from a saved net, rename the layer."
             )
-        values = torch.from_numpy(blob_to_array(blob, f"{source}: layer '{layer_name}' blob {index}").copy())
-        with torch.no_grad():
-            target.copy_(values.reshape(target.shape))
 
 
 def copy_trained_layers(
@@ -65,19 +67,36 @@ def copy_trained_layers(
 ) -> list[str]:
     """Copy a caffemodel's blobs into ``layer_blobs`` (layer name -> its tensors in Caffe order).
 
-    Returns the names of source layers that were skipped because the net has no such layer.
+    A file is read blob by blob straight into the tensors (``CaffemodelIndex``), so loading a
+    large model needs about its own size in memory, not a decoded copy besides. Returns the
+    names of source layers that were skipped because the net has no such layer.
     """
-    if isinstance(weights, caffe_pb2.NetParameter):
-        source_param, source = weights, "<weights>"
-    else:
-        source_param, source = read_caffemodel(weights), str(weights)
     skipped = []
-    for layer in source_param.layer:
-        if layer.name not in layer_blobs:
-            logger.info("Ignoring source layer %s", layer.name)
-            skipped.append(layer.name)
-            continue
-        copy_blobs_into(layer.name, layer_blobs[layer.name], list(layer.blobs), source)
+    if isinstance(weights, caffe_pb2.NetParameter):
+        for layer in weights.layer:
+            if layer.name not in layer_blobs:
+                logger.info("Ignoring source layer %s", layer.name)
+                skipped.append(layer.name)
+                continue
+            targets = layer_blobs[layer.name]
+            stored = [(blob_shape(b), partial(legacy_shape_equals, blob=b)) for b in layer.blobs]
+            check_stored_layer("<weights>", layer.name, targets, stored)
+            for index, (target, blob) in enumerate(zip(targets, layer.blobs, strict=True)):
+                values = blob_to_array(blob, f"layer '{layer.name}' blob {index}")
+                with torch.no_grad():
+                    target.copy_(torch.from_numpy(values.copy()).reshape(target.shape))
+        return skipped
+    index = CaffemodelIndex(weights)
+    with open(index.path, "rb") as handle:
+        for layer in index.layers:
+            if layer.name not in layer_blobs:
+                logger.info("Ignoring source layer %s", layer.name)
+                skipped.append(layer.name)
+                continue
+            targets = layer_blobs[layer.name]
+            check_stored_layer(str(weights), layer.name, targets, [(b.shape, b.matches) for b in layer.blobs])
+            for blob_index, target in enumerate(targets):
+                index.read_into(layer, blob_index, target, handle)
     return skipped
 
 
