@@ -261,3 +261,31 @@ def test_parse_log_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("caffe-compat parse-log: error: ") and message in err
     assert not list((tmp_path).glob("*.train"))
+
+
+@pytest.mark.parametrize("case", ["solver_sgd_step", "solver_adam_sigmoid"])
+def test_our_own_log_parses_to_caffes_numbers(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A log written by `caffe-compat train` (Caffe-era prefix) parses like Caffe's own: the same
+    rows, lrs equal and numbers within the solver goldens' tolerance."""
+    import shutil
+
+    folder = tmp_path / case
+    shutil.copytree(TRAIN_GOLDENS / case, folder)
+    monkeypatch.chdir(folder)
+    assert (
+        main(["train", "-solver", "solver.prototxt", "-weights", "init.caffemodel", "-log", "ours.log"]) == 0
+    )
+    text = (folder / "ours.log").read_text()
+    assert re.search(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ solver\.cpp:\d+\] ", text, re.MULTILINE)
+    ours = as_iters_json(*parse_log(folder / "ours.log"))
+    expected = json.loads((folder / "iters.json").read_text())
+    assert ours["train"].keys() == expected["train"].keys() and ours["test"].keys() == expected["test"].keys()
+    for iteration, row in expected["train"].items():
+        mine = ours["train"][iteration]
+        assert mine.get("lr") == row.get("lr")
+        assert mine["loss"] == pytest.approx(row["loss"], rel=1e-4)
+        assert mine["outputs"] == pytest.approx(row["outputs"], rel=1e-4)
+    for iteration, row in expected["test"].items():
+        assert ours["test"][iteration] == pytest.approx(row, rel=1e-4)
