@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from caffe_compat.data.images import ImageReadError, read_image
-from caffe_compat.data.transformer import DataTransformer, sample_generator
+from caffe_compat.data.transformer import DataTransformer, transform_into_batch
 from caffe_compat.errors import CaffeCompatError
 
 # Stream tags that keep the independent random draws of one seed apart.
@@ -239,21 +239,23 @@ class ImageListSource:
             entries.append(index)
             image = self.read(index)
             what = f"image '{self.image_path(index)}'"
-            rng = sample_generator(self.seed, position) if self.transformer.needs_random else None
             try:
-                if data is not None and self.transformer.output_shape(image.shape) != data.shape[1:]:
-                    raise CaffeCompatError(
-                        f"{what} has shape {list(image.shape)} (CxHxW) but the batch's first image gives "
-                        f"{list(data.shape[1:])}: give new_height/new_width or a crop so the images agree"
-                    )
-                out = self.transformer(image, rng, what)
+                data = transform_into_batch(
+                    self.transformer,
+                    data,
+                    item,
+                    self.batch_size,
+                    image,
+                    self.seed,
+                    position,
+                    what,
+                    "image",
+                    "give new_height/new_width or a crop so the images agree",
+                )
             except CaffeCompatError as exc:
                 if str(exc).startswith(self.where):
                     raise
                 raise CaffeCompatError(f"{self.where}: {exc} ({self.images.where(index)})") from None
-            if data is None:
-                data = np.empty((self.batch_size, *out.shape), dtype=np.float32)
-            data[item] = out
             labels[item] = self.images.labels[index]
         tops = [torch.from_numpy(data), torch.from_numpy(labels)]
         if self.num_tops == 3:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from caffe_compat.data.images import datum_to_array
-from caffe_compat.data.transformer import DataTransformer, sample_generator
+from caffe_compat.data.transformer import DataTransformer, transform_into_batch
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.proto import caffe_pb2
 
@@ -314,19 +314,21 @@ class DatumSource:
         for item in range(self.batch_size):
             position = start + item
             pixels, label, what = self.record(position)
-            rng = sample_generator(self.seed, position) if self.transformer.needs_random else None
             try:
-                if data is not None and self.transformer.output_shape(pixels.shape) != data.shape[1:]:
-                    raise CaffeCompatError(
-                        f"{what} has shape {list(pixels.shape)} (CxHxW) but the batch's first record gives "
-                        f"{list(data.shape[1:])}: every record of a batch must transform to one shape"
-                    )
-                out = self.transformer(pixels, rng, what)
+                data = transform_into_batch(
+                    self.transformer,
+                    data,
+                    item,
+                    self.batch_size,
+                    pixels,
+                    self.seed,
+                    position,
+                    what,
+                    "record",
+                    "every record of a batch must transform to one shape",
+                )
             except CaffeCompatError as exc:
                 raise CaffeCompatError(f"{self.where}: {exc}") from None
-            if data is None:
-                data = np.empty((self.batch_size, *out.shape), dtype=np.float32)
-            data[item] = out
             labels[item] = label
         tops = [torch.from_numpy(data)]
         if self.with_labels:

@@ -41,6 +41,36 @@ def sample_generator(seed: int, position: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SAMPLE_STREAM, position])
 
 
+def transform_into_batch(
+    transformer: DataTransformer,
+    batch: np.ndarray | None,
+    item: int,
+    batch_size: int,
+    image: np.ndarray,
+    seed: int,
+    position: int,
+    what: str,
+    noun: str,
+    hint: str,
+) -> np.ndarray:
+    """Transform the sample at ``position`` of a layer's stream into row ``item`` of ``batch``
+    (allocated, float32, by the first sample; later samples must transform to its shape).
+
+    Random draws come from ``sample_generator(seed, position)``. Returns the batch array.
+    """
+    if batch is not None and transformer.output_shape(image.shape) != batch.shape[1:]:
+        raise CaffeCompatError(
+            f"{what} has shape {list(image.shape)} (CxHxW) but the batch's first {noun} gives "
+            f"{list(batch.shape[1:])}: {hint}"
+        )
+    rng = sample_generator(seed, position) if transformer.needs_random else None
+    out = transformer(image, rng, what)
+    if batch is None:
+        batch = np.empty((batch_size, *out.shape), dtype=np.float32)
+    batch[item] = out
+    return batch
+
+
 def _legacy_chw(array: np.ndarray) -> tuple[int, int, int]:
     """``(channels, height, width)`` as Caffe's ``Blob::LegacyShape`` reads them (axes past the
     blob's count read as 1)."""
