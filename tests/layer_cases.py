@@ -1,8 +1,10 @@
 """Running one golden layer case (tests/goldens/layers/<case>) and comparing with real Caffe.
 
-Format (tests/goldens/README.md): net.prototxt, weights.caffemodel (saved after forward),
-inputs.npz, forward.npz (every blob), top_diffs.npz, backward.npz (``blob/<name>`` and
-``param/<layer>/<i>``), meta.json (phase, outputs, backward).
+Format (tests/goldens/README.md): net.prototxt, weights_init.caffemodel (the blobs before
+forward: the file loaded here), params_after.npz (every parameter blob after forward, compared, so
+layers that change their own blobs in forward are checked), inputs.npz, forward.npz (every blob
+after the last of ``meta.forwards`` passes), top_diffs.npz, backward.npz (``blob/<name>`` and
+``param/<layer>/<i>``), meta.json (phase, outputs, backward, forwards, no_diff_inputs).
 """
 
 from __future__ import annotations
@@ -38,13 +40,33 @@ def assert_close(actual: torch.Tensor | None, expected: np.ndarray, what: str, t
     np.testing.assert_allclose(actual_np.reshape(expected.shape), expected, err_msg=what, **tol)
 
 
+def case_names() -> list[str]:
+    """Every case folder, found by listing (the goldens grow; no fixed list)."""
+    return sorted(p.name for p in LAYER_GOLDENS.iterdir() if (p / "meta.json").exists())
+
+
+def case_layer_types(case: str) -> list[str]:
+    """The layer types a case runs besides its Input layers, in prototxt order (each once)."""
+    net = cc.read_net(LAYER_GOLDENS / case / "net.prototxt")
+    types: list[str] = []
+    for layer in net.layer:
+        if layer.type != "Input" and layer.type not in types:
+            types.append(layer.type)
+    return types
+
+
 def run_case(case: str) -> None:
-    """Build the case's net with its weights, check forward and backward against Caffe's."""
+    """Load the case's initial blobs, run its forward pass(es) and one backward; compare every
+    blob, every parameter blob after forward, and every diff with Caffe's."""
     folder = LAYER_GOLDENS / case
     meta = json.loads((folder / "meta.json").read_text())
-    net = cc.Net(folder / "net.prototxt", weights=folder / "weights.caffemodel", phase=meta["phase"])
-    inputs = {k: torch.tensor(v, requires_grad=True) for k, v in load_npz(folder / "inputs.npz").items()}
-    outputs = net(**inputs)
+    net = cc.Net(folder / "net.prototxt", weights=folder / "weights_init.caffemodel", phase=meta["phase"])
+    no_diff = set(meta.get("no_diff_inputs", ()))
+    inputs = {
+        k: torch.tensor(v, requires_grad=k not in no_diff) for k, v in load_npz(folder / "inputs.npz").items()
+    }
+    for _ in range(meta.get("forwards", 1)):
+        outputs = net(**inputs)
     assert sorted(outputs) == sorted(meta["outputs"]), (
         f"outputs {sorted(outputs)} != Caffe's {meta['outputs']}"
     )
@@ -55,6 +77,14 @@ def run_case(case: str) -> None:
             assert_close(net.blobs[name], expected, f"{case}: forward blob '{name}'", FORWARD_TOL)
             compared += 1
     assert compared >= len(meta["outputs"])
+    params_after = load_npz(folder / "params_after.npz")
+    for key, expected in params_after.items():
+        layer, _, index = key.rpartition("/")
+        tensor = net.params[layer][int(index)]
+        assert_close(tensor, expected, f"{case}: param {layer}[{index}] after forward", FORWARD_TOL)
+    assert len(params_after) == sum(len(blobs) for blobs in net.params.values()), (
+        f"{case}: Caffe has {len(params_after)} parameter blobs, the net {sum(map(len, net.params.values()))}"
+    )
     if not meta.get("backward"):
         return
     top_diffs = load_npz(folder / "top_diffs.npz")

@@ -61,3 +61,11 @@ def test_readme_support_table_matches_the_registry() -> None:
         "README's layer table is out of date; regenerate it with "
         "python -c 'from caffe_compat.layers.registry import support_table; print(support_table())'"
     )
+
+
+@pytest.mark.parametrize("type_name", sorted(builtin_types()))
+def test_every_builtin_type_names_its_family_explicitly(type_name: str) -> None:
+    cls = builtin_types()[type_name]
+    assert isinstance(cls.__dict__.get("family"), str) and cls.__dict__["family"], (
+        f"{cls.__qualname__} must set `family` in its own class body"
+    )

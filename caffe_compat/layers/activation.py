@@ -22,6 +22,8 @@ from caffe_compat.proto import caffe_pb2
 class ReLU(CaffeLayer):
     """``y = max(x, 0) + negative_slope * min(x, 0)`` (Caffe's ReLU with ``negative_slope``)."""
 
+    family = "activation"
+
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "relu" type: "ReLU" bottom: "x" top: "y" relu_param { negative_slope: 0.1 } }
@@ -46,6 +48,8 @@ layer { name: "relu" type: "ReLU" bottom: "x" top: "y" relu_param { negative_slo
 class Sigmoid(CaffeLayer):
     """``y = 1 / (1 + exp(-x))``."""
 
+    family = "activation"
+
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "sigmoid" type: "Sigmoid" bottom: "x" top: "y" }
@@ -63,6 +67,8 @@ layer { name: "sigmoid" type: "Sigmoid" bottom: "x" top: "y" }
 @register("TanH")
 class TanH(CaffeLayer):
     """``y = tanh(x)``."""
+
+    family = "activation"
 
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
@@ -92,6 +98,8 @@ class PReLU(CaffeLayer):
     ``constant 0.25``. Caffe's backward uses ``x > 0`` for the identity branch, so the gradient at
     ``x == 0`` is the slope, as ``F.prelu``'s.
     """
+
+    family = "activation"
 
     caffe_blobs = (Blob("weight"),)
     example = (
@@ -136,6 +144,8 @@ class ELU(CaffeLayer):
     """``y = max(x, 0) + alpha * (exp(min(x, 0)) - 1)`` (``elu_layer.cpp``); the gradient at 0 is
     ``alpha``, as Caffe's ``x <= 0`` branch gives."""
 
+    family = "activation"
+
     example = (
         _ONE_BLOB
         + """layer { name: "elu" type: "ELU" bottom: "x" top: "y" elu_param { alpha: 0.5 } }
@@ -158,6 +168,8 @@ class ELU(CaffeLayer):
 @register("AbsVal")
 class AbsVal(CaffeLayer):
     """``y = |x|`` (``absval_layer.cpp``); the gradient is ``sign(x)`` (0 at 0)."""
+
+    family = "activation"
 
     example = (
         _ONE_BLOB
@@ -183,6 +195,8 @@ class BNLL(CaffeLayer):
     (above 50 both the value is ``x`` and the gradient 1).
     """
 
+    family = "activation"
+
     THRESHOLD = 50.0
     example = (
         _ONE_BLOB
@@ -206,6 +220,8 @@ class Power(CaffeLayer):
     As in Caffe, when ``power * scale == 0`` the input is ignored: the top is the constant
     ``1`` (power 0) or ``shift ^ power``, and the bottom's gradient is zero.
     """
+
+    family = "activation"
 
     example = (
         _ONE_BLOB
@@ -264,6 +280,8 @@ class Exp(CaffeLayer):
     ``outer = base ^ shift``.
     """
 
+    family = "activation"
+
     example = (
         _ONE_BLOB
         + """layer { name: "exp" type: "Exp" bottom: "x" top: "y"
@@ -298,6 +316,8 @@ class Exp(CaffeLayer):
 @register("Log")
 class Log(CaffeLayer):
     """``y = log_base(shift + scale * x)`` (``log_layer.cpp``), ``base = -1`` meaning e."""
+
+    family = "activation"
 
     example = (
         _ONE_BLOB
@@ -339,6 +359,8 @@ class Threshold(CaffeLayer):
     """``y = 1 if x > threshold else 0`` (``threshold_layer.cpp``). Caffe has no backward for it;
     here the top carries no gradient."""
 
+    family = "activation"
+
     example = (
         _ONE_BLOB
         + """layer { name: "th" type: "Threshold" bottom: "x" top: "y" threshold_param { threshold: 0.2 } }
@@ -367,6 +389,8 @@ class Dropout(CaffeLayer):
     the gradient uses the same mask and scale. TEST: the identity. The phase is fixed when the
     net is built. The mask comes from torch's generator, not Caffe's random stream.
     """
+
+    family = "activation"
 
     example = (
         _ONE_BLOB
@@ -408,6 +432,8 @@ class Swish(CaffeLayer):
     """``y = x * sigmoid(beta * x)`` (BVLC's ``swish_layer.cpp``; its backward is the exact
     gradient)."""
 
+    family = "activation"
+
     example = (
         _ONE_BLOB
         + """layer { name: "swish" type: "Swish" bottom: "x" top: "y" swish_param { beta: 1.5 } }
@@ -434,6 +460,8 @@ class Clip(CaffeLayer):
     """``y = max(min, min(x, max))`` (BVLC's ``clip_layer.cpp``); the gradient passes where
     ``min <= x <= max``. With ``min > max`` Caffe's formula gives ``min`` everywhere (and no
     gradient), which is reproduced."""
+
+    family = "activation"
 
     example = (
         _ONE_BLOB

@@ -93,6 +93,8 @@ class CaffeLayer(nn.Module):
     Class attributes set by subclasses:
         caffe_type: the Caffe type string (set by ``@register``).
         caffe_blobs: the parameter blobs in Caffe order.
+        family: the group the type belongs to in the docs (``activation``, ``NormFace``, ...), set
+            explicitly by every built-in class.
         is_loss: a loss layer (its first top has loss weight 1 unless the prototxt says otherwise,
             Caffe's ``LossLayer::LayerSetUp``).
         is_data: a data layer (no bottoms; its tops are the net's inputs unless fed by the caller);
@@ -101,6 +103,7 @@ class CaffeLayer(nn.Module):
 
     caffe_type: ClassVar[str] = ""
     caffe_blobs: ClassVar[tuple[Blob, ...]] = ()
+    family: ClassVar[str] = ""
     is_loss: ClassVar[bool] = False
     is_data: ClassVar[bool] = False
     #: A minimal net (Input layers + this layer) used by the registry-driven tests and the docs.

@@ -252,6 +252,8 @@ class _BaseConvolution(CaffeLayer):
 class Convolution(_BaseConvolution):
     """Caffe's Convolution (``conv_layer.cpp``): ``F.conv{1,2,3}d`` with Caffe's geometry and blobs."""
 
+    family = "conv"
+
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 7 } } }
 layer { name: "conv" type: "Convolution" bottom: "x" top: "y"
@@ -277,6 +279,8 @@ layer { name: "conv" type: "Convolution" bottom: "x" top: "y"
 class Deconvolution(_BaseConvolution):
     """Caffe's Deconvolution (``deconv_layer.cpp``): ``F.conv_transpose{1,2,3}d``, the backward of a
     convolution, with output ``s (i - 1) + d (k - 1) + 1 - 2p`` (+ ``shape_offset``)."""
+
+    family = "conv"
 
     transposed = True
     example = """

@@ -68,6 +68,8 @@ class HDF5Data(CaffeLayer):
     ``next_batch()``. Caffe's multi-GPU row skipping (``Skip()``) is not reproduced (one solver).
     """
 
+    family = "data"
+
     is_data = True
     example = """
 layer { name: "data" type: "HDF5Data" top: "data" top: "label"
@@ -317,6 +319,8 @@ class DummyData(CaffeLayer):
     refills it at every ``next_batch()``, as Caffe's ``refill_`` does. Random numbers come from
     torch's global generator, not Caffe's.
     """
+
+    family = "data"
 
     is_data = True
     example = """

@@ -234,6 +234,8 @@ class ImageData(_LoadingDataLayer):
     image in both, so only the shape reported at build time can differ).
     """
 
+    family = "data"
+
     example = """
 layer { name: "data" type: "ImageData" top: "data" top: "label"
         transform_param { mirror: true crop_size: 4 mean_value: 104 mean_value: 117 mean_value: 123 }
@@ -393,6 +395,8 @@ class Data(_LoadingDataLayer):
     ``rand_skip``.
     """
 
+    family = "data"
+
     example = """
 layer { name: "data" type: "Data" top: "data" top: "label"
         transform_param { scale: 0.00390625 mirror: true }
@@ -489,6 +493,8 @@ class MemoryData(CaffeLayer):
     """Arrays handed over in memory (``reset``/``set_input_arrays``: used untransformed;
     ``add_mat_vector``/``add_datum_vector``: transformed), served ``batch_size`` at a time with
     wrap-around. See ``caffe_compat.data.memory`` for Caffe's rules and the deviations."""
+
+    family = "data"
 
     is_data = True
     example = """

@@ -69,6 +69,8 @@ class InnerProduct(CaffeLayer):
         num_bottoms: 1 (weight and bias are blobs), 2 (weight is bottom 1) or 3 (bias is bottom 2).
     """
 
+    family = "inner_product"
+
     caffe_blobs = (Blob("weight", optional=True), Blob("bias", optional=True))
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }

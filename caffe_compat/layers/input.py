@@ -15,6 +15,8 @@ from caffe_compat.proto import caffe_pb2
 class Input(CaffeLayer):
     """Input blobs of the given shapes."""
 
+    family = "data"
+
     is_input = True
     example = """
 layer { name: "in" type: "Input" top: "x" top: "label"

@@ -89,6 +89,8 @@ class Softmax(CaffeLayer):
     Caffe's backward, ``(dy - sum(dy * y)) * y``, is the exact gradient, so autograd is used.
     """
 
+    family = "loss"
+
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "prob" type: "Softmax" bottom: "x" top: "y" softmax_param { axis: 1 } }
@@ -179,6 +181,8 @@ class SoftmaxWithLoss(CaffeLayer):
     not. ``hard_ratio`` has no effect in the fork at all, ``hard_mining_label`` only qualifies
     ``cutting_point``: both are ignored.
     """
+
+    family = "loss"
 
     is_loss = True
     example = """
@@ -298,6 +302,8 @@ class Accuracy(CaffeLayer):
     weight is 0, are skipped; the accuracy is ``correct / counted`` (NaN when nothing is counted,
     as in the fork). The optional second top holds the per-class accuracy (0 for absent classes).
     """
+
+    family = "loss"
 
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
@@ -432,6 +438,8 @@ class EuclideanLoss(CaffeLayer):
     not the exact gradient, and that is reproduced.
     """
 
+    family = "loss"
+
     is_loss = True
     example = """
 layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
@@ -510,6 +518,8 @@ class SigmoidCrossEntropyLoss(CaffeLayer):
     skipped. The fork's normalization: ``normalization`` if given, else the legacy ``normalize``
     (true VALID, false BATCH_SIZE), else BATCH_SIZE (divide by ``N``), not the proto default VALID.
     """
+
+    family = "loss"
 
     is_loss = True
     example = """

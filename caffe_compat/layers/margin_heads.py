@@ -54,6 +54,8 @@ class MarginHeadLayer(CaffeLayer):
         params: the head's parameters (``make_head``'s names).
     """
 
+    family = "margin_heads"
+
     caffe_blobs = (Blob("weight"), Blob("scale", optional=True))
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }

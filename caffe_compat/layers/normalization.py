@@ -30,6 +30,8 @@ class LRN(CaffeLayer):
     Both backward passes are the exact gradient.
     """
 
+    family = "normalization"
+
     example = (
         _INPUT_2357
         + """layer { name: "lrn" type: "LRN" bottom: "x" top: "y" lrn_param { local_size: 3 alpha: 0.01 } }
@@ -99,6 +101,8 @@ class BatchNorm(CaffeLayer):
     exact gradient (through the batch statistics in TRAIN); the buffers get none, and
     ``param_specs`` gives them ``lr_mult: 0`` as Caffe's LayerSetUp does.
     """
+
+    family = "normalization"
 
     caffe_blobs = (
         Blob("mean_sum", learnable=False),
@@ -237,6 +241,8 @@ class MVN(CaffeLayer):
     so a bottom with fewer axes gives a 4-D top padded with ones, and more than 4 are rejected.
     """
 
+    family = "normalization"
+
     example = (
         _INPUT_2357
         + """layer { name: "mvn" type: "MVN" bottom: "x" top: "y" mvn_param { across_channels: true } }
@@ -331,6 +337,8 @@ class Scale(CaffeLayer):
     also overwrites that bottom blob's data), with the gradient passing unchanged as in Caffe.
     """
 
+    family = "normalization"
+
     caffe_blobs = (Blob("weight", optional=True), Blob("bias", optional=True))
     example = (
         _INPUT_2357
@@ -412,6 +420,8 @@ class Bias(CaffeLayer):
     """``y = x + b`` with ``b`` broadcast along ``bottom[axis : axis + ndim(b)]``
     (``bias_layer.cpp``): the learned blob ``bias`` of shape ``bottom[axis : axis + num_axes]``
     (``num_axes: -1`` to the end; ``filler``, default constant 0), or the second bottom."""
+
+    family = "normalization"
 
     caffe_blobs = (Blob("bias", optional=True),)
     example = (

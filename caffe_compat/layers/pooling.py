@@ -85,6 +85,8 @@ class Pooling(CaffeLayer):
         train: the net's phase is TRAIN (STOCHASTIC is then refused: it samples Caffe's RNG).
     """
 
+    family = "pooling"
+
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "pool" type: "Pooling" bottom: "x" top: "y"

@@ -72,7 +72,7 @@ def support_table() -> str:
     """The README's table of supported layer types: type, family module, blobs in Caffe order."""
     rows = ["| Caffe type | family | blobs (Caffe order) |", "| --- | --- | --- |"]
     for name, cls in sorted(builtin_types().items(), key=lambda item: item[0].lower()):
-        family = cls.__module__.rsplit(".", 1)[-1]
+        family = cls.family or "-"
         blobs = ", ".join(
             f"{b.name}{'' if b.learnable else ' (buffer)'}{' (optional)' if b.optional else ''}"
             for b in cls.caffe_blobs

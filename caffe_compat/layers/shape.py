@@ -74,6 +74,8 @@ class Concat(_ShapeLayer):
     ``concat_dim`` (non-negative) may replace ``axis``. One bottom is passed through unchanged.
     """
 
+    family = "shape"
+
     example = """
 layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "b" type: "Input" top: "b" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 7 } } }
@@ -123,6 +125,8 @@ class Slice(_ShapeLayer):
     ranges between the points, the last one up to the end (possibly empty, as Caffe allows); without
     it the axis is split evenly, and its size must be divisible by the number of tops.
     """
+
+    family = "shape"
 
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
@@ -191,6 +195,8 @@ layer { name: "slice" type: "Slice" bottom: "x" top: "y1" top: "y2"
 class Split(_ShapeLayer):
     """Copy one bottom to every top (``split_layer.cpp``); the top diffs are summed in backward."""
 
+    family = "shape"
+
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "split" type: "Split" bottom: "x" top: "y1" top: "y2" }
@@ -220,6 +226,8 @@ layer { name: "split" type: "Split" bottom: "x" top: "y1" top: "y2" }
 class Flatten(_ShapeLayer):
     """Merge the axes ``axis..end_axis`` (inclusive, negatives from the end) into one axis
     (``flatten_layer.cpp``); ``end_axis = axis - 1`` inserts a unit axis, as Caffe's count does."""
+
+    family = "shape"
 
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
@@ -260,6 +268,8 @@ class Reshape(_ShapeLayer):
     inferred from the count; ``axis`` may be negative (``-1`` is past the last axis) and
     ``num_axes: -1`` replaces every axis from ``axis`` on.
     """
+
+    family = "shape"
 
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
@@ -339,6 +349,8 @@ class Crop(_ShapeLayer):
     Bottom 1 only gives a shape: it receives no gradient.
     """
 
+    family = "shape"
+
     example = """
 layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "b" type: "Input" top: "b" input_param { shape { dim: 2 dim: 3 dim: 3 dim: 4 } } }
@@ -404,6 +416,8 @@ layer { name: "crop" type: "Crop" bottom: "a" bottom: "b" top: "y"
 class Tile(_ShapeLayer):
     """Repeat the bottom ``tiles`` times along ``axis``: ``[x, x, ...]`` concatenated (``tile_layer.cpp``)."""
 
+    family = "shape"
+
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "tile" type: "Tile" bottom: "x" top: "y" tile_param { axis: 1 tiles: 2 } }
@@ -466,6 +480,8 @@ class Eltwise(_ShapeLayer):
     ``stable_prod_grad`` (the default, the exact gradient) and Caffe's ``top / x_i`` otherwise
     (inf/nan where a factor is 0, as in Caffe). Coefficients are ignored by MAX and SORT, as Caffe does.
     """
+
+    family = "shape"
 
     OPERATIONS = ("PROD", "SUM", "MAX", "SORT")
     example = """
@@ -547,6 +563,8 @@ class Reduction(_ShapeLayer):
     ``coeff / count * dy`` (MEAN), ``coeff * sign(x) * dy`` (ASUM, 0 at 0), ``2 coeff x dy`` (SUMSQ).
     """
 
+    family = "shape"
+
     OPERATIONS = ("SUM", "ASUM", "SUMSQ", "MEAN")
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
@@ -596,6 +614,8 @@ class ArgMax(_ShapeLayer):
     ``top_k`` and holds values when ``out_max_val`` is set, indices otherwise. Ties rank the larger
     index first (Caffe sorts ``(value, index)`` pairs with ``std::greater``). Indices are floats.
     """
+
+    family = "shape"
 
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
@@ -649,6 +669,8 @@ layer { name: "argmax" type: "ArgMax" bottom: "x" top: "y" argmax_param { top_k:
 class Silence(_ShapeLayer):
     """Consume bottoms and produce nothing (``silence_layer.cpp``): they get no gradient (zeros)."""
 
+    family = "shape"
+
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }
 layer { name: "silence" type: "Silence" bottom: "x" }
@@ -671,6 +693,8 @@ class Parameter(_ShapeLayer):
 
     The blob is filled with the fork's ``blob_filler`` (constant 0 by default); its diff is the top's.
     """
+
+    family = "shape"
 
     caffe_blobs = (Blob("weight"),)
     example = """
@@ -705,6 +729,8 @@ class Embed(_ShapeLayer):
     is ``bottom.shape + (num_output,)`` plus the optional ``bias``. The bottom gets no gradient
     (Caffe refuses to back-propagate to it); indices outside ``[0, input_dim)`` raise an error.
     """
+
+    family = "shape"
 
     caffe_blobs = (Blob("weight"), Blob("bias", optional=True))
     example = """
