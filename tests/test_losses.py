@@ -160,7 +160,7 @@ def test_clamped_cosines_get_zero_gradient() -> None:
         if raw[0, 0] > 1:
             break
     else:
-        pytest.skip("no float32 cosine above 1 found")
+        raise AssertionError("the seeded search found no float32 cosine above 1")
     x = w[:1].clone().requires_grad_()
     out = head(x, torch.tensor([1]))
     assert out[0, 0].item() == pytest.approx(32.0) and out.abs().max().item() <= 32.0
@@ -446,10 +446,6 @@ def test_caffe_layer_shape_errors() -> None:
 def test_am_head_equals_caffe_layer_composition() -> None:
     """MarginHead am (conditional) == Normalize, normalized InnerProduct, LabelSpecificAdd, Scale,
     SoftmaxWithLoss on the same weights: loss and the embedding gradient."""
-    try:
-        layer_class("LabelSpecificAdd")
-    except LayerError:
-        pytest.skip("LabelSpecificAdd is not registered yet")
     inputs, weight, _, _ = golden()
     composed = cc.Net(GOLDEN / "net.prototxt", weights=GOLDEN / "weights.caffemodel", phase="TRAIN")
     head = cc.Net(head_net('kind: "am" m: 0.35 s: 30 conditional: true'), phase="TRAIN")

@@ -199,3 +199,16 @@ def test_generated_code_is_plain_pytorch_and_traces() -> None:
     x = torch.randn(2, 3, 5, 7)
     exported = torch.export.export(net, (x,))
     torch.testing.assert_close(exported.module()(x)["y"], net(x=x)["y"])
+
+
+def test_python_layers_are_refused_without_importing_their_module(tmp_path, monkeypatch) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "hostile_layer.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Boom: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prototxt = """
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "py" type: "Python" bottom: "x" top: "y" python_param { module: "hostile_layer" layer: "Boom" } }
+"""
+    with pytest.raises(LayerError, match=r"layer 'py' \(Python\).*'Boom' of module 'hostile_layer'.*refused"):
+        cc.Net(prototxt)
+    assert not marker.exists()

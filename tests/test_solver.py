@@ -279,10 +279,6 @@ def test_own_resume_equals_uninterrupted_run(tmp_path: Path, monkeypatch: pytest
 
 def test_own_resume_restores_layer_counters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SphereFace's iteration counter and the data cursors come back from the side file."""
-    from test_solver_goldens import _face_layers_ready
-
-    if not _face_layers_ready():
-        pytest.skip("face layers not available")
     full = _case(tmp_path / "a", "face20_sphereface")
     text = _train(full, monkeypatch, "-weights", "init.caffemodel")
     resumed = _case(tmp_path / "b", "face20_sphereface")

@@ -174,16 +174,6 @@ def _check_iters_json(case: str, ours: TrainLog) -> None:
             assert _close(ours.test[int(key)][name], value, tol), (case, key, name)
 
 
-def _face_layers_ready() -> bool:
-    from caffe_compat.layers.registry import layer_class
-
-    try:
-        layer_class("Normalize")
-    except Exception:
-        return False
-    return True
-
-
 def _run_case(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, TrainLog]:
     work = _copy_case(case, tmp_path)
     ours = _train(work, monkeypatch, "-weights", "init.caffemodel")
@@ -222,15 +212,11 @@ def test_solver_case_resumes_like_caffe(case: str, tmp_path: Path, monkeypatch: 
 
 @pytest.mark.parametrize("case", FACE_CASES)
 def test_face20_case_matches_caffe(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if case != "face20_softmax" and not _face_layers_ready():
-        pytest.skip("the face layers (Normalize, ...) are not available yet")
     _run_case(case, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("case", FACE_CASES)
 def test_face20_case_resumes_like_caffe(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if case != "face20_softmax" and not _face_layers_ready():
-        pytest.skip("the face layers (Normalize, ...) are not available yet")
     work = _copy_case(case, tmp_path)
     for name in ("final_iter_20.solverstate", "final_iter_20.caffemodel"):
         shutil.copy(GOLDENS / case / name, work / name)

@@ -21,7 +21,7 @@ from caffe_compat.errors import LayerError
 from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
 from caffe_compat.layers.registry import layer_class
 from caffe_compat.net.dataflow import Dataflow, analyse, layer_label
-from caffe_compat.net.naming import python_name
+from caffe_compat.net.naming import layer_keys, python_name
 from caffe_compat.proto import caffe_pb2
 
 
@@ -29,7 +29,7 @@ from caffe_compat.proto import caffe_pb2
 class ParamEntry:
     """One parameter blob as Caffe's solver sees it (an entry of ``Net::params_``)."""
 
-    layer: str
+    layer: str  # the layer's key (its name, or name#k for an earlier layer of a repeated name)
     index: int
     tensor: torch.Tensor
     lr_mult: float
@@ -41,8 +41,8 @@ class ParamEntry:
 class BuiltNet:
     """Everything the builder derives from a filtered NetParameter."""
 
-    modules: dict[str, CaffeLayer] = field(default_factory=dict)  # caffe name -> module
-    module_names: dict[str, str] = field(default_factory=dict)  # caffe name -> attribute name
+    modules: dict[str, CaffeLayer] = field(default_factory=dict)  # layer key -> module
+    module_names: dict[str, str] = field(default_factory=dict)  # layer key -> attribute name
     layer_params: dict[str, caffe_pb2.LayerParameter] = field(default_factory=dict)
     input_names: list[str] = field(default_factory=list)  # placeholders, in creation order
     data_layers: list[str] = field(default_factory=list)  # layers whose tops the net reads itself
@@ -56,15 +56,31 @@ def _is_source(cls: type[CaffeLayer]) -> bool:
     return cls.is_data or getattr(cls, "is_input", False)
 
 
+def _layer_class(layer: caffe_pb2.LayerParameter) -> type[CaffeLayer]:
+    """The module class of a layer; Caffe's ``Python`` type runs code named by the prototxt and is
+    refused (a prototxt from a stranger must not import and run modules)."""
+    if layer.type == "Python":
+        module, cls = layer.python_param.module or "?", layer.python_param.layer or "?"
+        raise LayerError(
+            f"{layer_label(layer)}: runs Python code (class '{cls}' of module '{module}'); Python "
+            "layers are refused because a prototxt must not run code it names"
+        )
+    return layer_class(layer.type, layer.name)
+
+
 def _share_named_params(
-    built: BuiltNet, layer: caffe_pb2.LayerParameter, module: CaffeLayer, owners: dict[str, ParamEntry]
+    built: BuiltNet,
+    key: str,
+    layer: caffe_pb2.LayerParameter,
+    module: CaffeLayer,
+    owners: dict[str, ParamEntry],
 ) -> None:
     """Apply ``param { name }`` sharing and record every blob's ParamSpec (``Net::AppendParam``)."""
     specs = module.present_blob_specs()
     tensors = module.caffe_blob_tensors()
     param_specs = module.param_specs(layer, len(tensors))
     for index, (blob_spec, tensor, param_spec) in enumerate(zip(specs, tensors, param_specs, strict=True)):
-        entry = ParamEntry(layer.name, index, tensor, param_spec.lr_mult, param_spec.decay_mult)
+        entry = ParamEntry(key, index, tensor, param_spec.lr_mult, param_spec.decay_mult)
         name = param_spec.name
         if name and name in owners:
             owner = owners[name]
@@ -123,15 +139,14 @@ def build(
     """Set up every layer of a filtered net and build the fx graph returning every blob."""
     input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
     built = BuiltNet()
-    classes = [layer_class(layer.type, layer.name) for layer in net.layer]
+    classes = [_layer_class(layer) for layer in net.layer]
     built.flow = analyse(net, [cls.is_loss for cls in classes])
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
     taken: set[str] = set()
     owners: dict[str, ParamEntry] = {}
-    for layer, cls in zip(net.layer, classes, strict=True):
-        if layer.name in built.modules:
-            raise LayerError(f"{layer_label(layer)}: a layer of this name already exists in the net")
+    keys = layer_keys([layer.name for layer in net.layer])
+    for key, layer, cls in zip(keys, net.layer, classes, strict=True):
         bottom_shapes = [built.blob_shapes[b] for b in layer.bottom]
         ctx = BuildContext(layer=layer, bottom_shapes=bottom_shapes, phase=net.state.phase, net_dir=net_dir)
         ctx.extra["input_shapes"] = input_shapes
@@ -142,12 +157,13 @@ def build(
         except (ValueError, RuntimeError, TypeError, IndexError) as exc:
             raise ctx.error(f"cannot be built: {exc}") from None
         module.caffe_name = layer.name
-        _share_with(module, (share_from or {}).get(layer.name), layer)
-        _share_named_params(built, layer, module, owners)
+        if key == layer.name:  # only the last layer of a name is reached by name (ShareTrainedLayersWith)
+            _share_with(module, (share_from or {}).get(key), layer)
+        _share_named_params(built, key, layer, module, owners)
         attr = python_name(layer.name, taken, reserved_names)
-        built.modules[layer.name] = module
-        built.module_names[layer.name] = attr
-        built.layer_params[layer.name] = layer
+        built.modules[key] = module
+        built.module_names[key] = attr
+        built.layer_params[key] = layer
         if _is_source(cls) and layer.top and all(top in input_shapes for top in layer.top):
             top_shapes = [input_shapes[top] for top in layer.top]
         else:
@@ -161,7 +177,7 @@ def build(
             built.blob_shapes[top] = tuple(shape)
         if _is_source(cls):
             if cls.is_data:
-                built.data_layers.append(layer.name)
+                built.data_layers.append(key)
             for top in layer.top:
                 env[top] = graph.placeholder(top)
                 built.input_names.append(top)

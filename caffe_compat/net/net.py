@@ -159,7 +159,11 @@ class Net(nn.Module):
     # -- blobs and weights ---------------------------------------------------------------------
     @property
     def params(self) -> OrderedDict[str, list[torch.Tensor]]:
-        """Layer name -> all of its blobs in Caffe order (Parameters and statistics buffers)."""
+        """Layer key -> all of its blobs in Caffe order (Parameters and statistics buffers).
+
+        Keys are layer names; where several layers share a name, the name is the last of them
+        (as Caffe resolves names) and the earlier ones are ``name#0``, ``name#1``, ...
+        (``caffe_compat.net.naming.layer_keys``)."""
         return OrderedDict((name, layer.caffe_blob_tensors()) for name, layer in self.layers.items())
 
     def learnable_params(self) -> list[ParamEntry]:
@@ -174,9 +178,9 @@ class Net(nn.Module):
         """The net with its current blobs, as Caffe's ``Net::ToProto`` writes a caffemodel."""
         proto = caffe_pb2.NetParameter()
         proto.CopyFrom(self.net_param)
-        for layer in proto.layer:
+        for layer, module in zip(proto.layer, self.layers.values(), strict=True):
             del layer.blobs[:]
-            layer.blobs.extend(tensors_to_blobs(self.layers[layer.name].caffe_blob_tensors()))
+            layer.blobs.extend(tensors_to_blobs(module.caffe_blob_tensors()))
         return proto
 
     def save_caffemodel(self, path: str | os.PathLike) -> None:
