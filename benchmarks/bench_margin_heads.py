@@ -140,6 +140,8 @@ def build_step(label: str, weight: torch.Tensor, sizes: dict[str, int]) -> tuple
             params["m"] = M_ARC
         if kind.startswith("mv"):
             params["t"] = T
+        if kind in ("am", "mv-am", "arc", "mv-arc"):
+            params["easy_margin"] = False  # the transcription's plain formulas
         module = make_head(kind, sizes["dim"], sizes["classes"], **params).to(weight.device)
         with torch.no_grad():
             module.weight.copy_(weight)

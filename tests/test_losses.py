@@ -50,7 +50,7 @@ def reference(kind: str, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, **p)
     c = cos[rows, y]
     arc = kind.endswith("arc")
     if m is None:
-        m = 4 if kind == "sphereface" else (0.5 if arc else 0.35)
+        m = 4 if kind == "sphereface" else 0.35  # the seed's default margin for every type
     if kind == "normface":
         return s * cos
     if kind == "sphereface":
@@ -62,7 +62,7 @@ def reference(kind: str, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, **p)
     else:
         g = torch.cos(torch.acos(c) + m) if arc else c - m
         f = g
-        if p.get("easy_margin"):
+        if p.get("easy_margin", not p.get("conditional")):  # the seed's default: easy_margin=True
             f = torch.where(c > 0, g, c)
         if p.get("conditional"):
             f = torch.where(c > m, g, c)
@@ -85,13 +85,14 @@ CASES = [
     ("sphereface", {"m": 4}),
     ("sphereface", {"m": 2, "s": 5.0}),
     ("am", {"m": 0.35}),
-    ("am", {"m": 0.35, "easy_margin": True}),
+    ("am", {"m": 0.35, "easy_margin": False}),
     ("am", {"m": 0.35, "conditional": True}),
-    ("arc", {"m": 0.5}),
-    ("arc", {"m": 0.5, "easy_margin": True}),
+    ("arc", {"m": 0.5, "easy_margin": False}),
+    ("arc", {}),
     ("mv-am", {"m": 0.35, "t": 0.2}),
     ("mv-am", {"m": 0.2, "t": 0.3, "mode": "fixed", "easy_margin": True}),
-    ("mv-arc", {"m": 0.5, "t": 0.2}),
+    ("mv-arc", {"m": 0.5, "t": 0.2, "easy_margin": False}),
+    ("mv-am", {}),
     ("mv-arc", {"m": 0.3, "t": 0.2, "easy_margin": True}),
     ("sv-am", {"m": 0.35, "t": 1.2}),
     ("sv-arc", {"m": 0.5, "t": 1.5}),
@@ -280,10 +281,16 @@ def test_make_head_names_shapes_and_aliases() -> None:
     assert (head.m, head.s, head.easy_margin) == (0.4, 16.0, True)
     assert make_head("sphereface", 4, 3, alpha=0.12).gamma == 0.12
     assert (make_head("mv-arc", 4, 3).m, make_head("sv-am", 4, 3).t, make_head("sphereface", 4, 3).m) == (
-        0.5,
+        0.35,
         1.2,
         4,
     )
+    # the seed's FC defaults (margin 0.35, t 0.2, scale 32, easy_margin True) for every kind it has
+    for kind in ("am", "arc", "mv-am", "mv-arc"):
+        head = make_head(kind, 4, 3)
+        assert (head.m, head.s, head.easy_margin) == (0.35, 32.0, True), kind
+    assert make_head("mv-am", 4, 3).t == 0.2
+    assert make_head("am", 4, 3, conditional=True).easy_margin is False
     cos = make_head("normface", 4, 3).weight.norm(dim=1)
     torch.testing.assert_close(cos, torch.ones(3))  # the seed's init: unit class vectors
 

@@ -5,10 +5,11 @@ A caffe-compat layer (no Caffe fork has it): bottoms (x, label), one top (logits
 from ``margin_head_param`` (``MarginHeadParameter``); a field left unset takes the native head's
 default (``caffe_compat.losses.make_head``). ``x`` is flattened from axis 1 as InnerProduct does.
 
-Phases follow Caffe's margin layers (``label_specific_add.cpp``, ``margin_inner_product_layer.cpp``):
-in TRAIN the margin (and MV/SV re-weighting) is applied and SphereFace's iteration counter
+Phases: in TRAIN the margin (and MV/SV re-weighting) is applied and SphereFace's iteration counter
 advances on every forward, as MarginInnerProduct's ``iter_`` does; in TEST the top is the plain
-``s * cos`` (``fc``: ``x @ W.T``). The counter is not stored in the caffemodel (Caffe's restarts
+``s * cos`` (``fc``: ``x @ W.T``), as AM-Softmax's ``LabelSpecificAdd`` is the identity in TEST
+(``label_specific_add.cpp``). The fork's ``MarginInnerProduct`` differs: it has no phase check
+and applies its margin in TEST too (``margin_inner_product_layer.cpp``). The counter is not stored in the caffemodel (Caffe's restarts
 at zero on resume too). The backward is the exact gradient (including through the weight
 normalization, which Caffe's normalized layers do not back-propagate).
 """

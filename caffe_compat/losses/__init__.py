@@ -24,9 +24,12 @@ from caffe_compat.losses.heads import (
     head_parameters,
     make_head,
 )
+from caffe_compat.losses.seed import SEED_FC_TYPES, from_seed
 
 __all__ = [
     "HEAD_KINDS",
+    "SEED_FC_TYPES",
+    "from_seed",
     "LOSS_KINDS",
     "AMSoftmaxHead",
     "ArcFaceHead",

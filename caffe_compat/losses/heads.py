@@ -8,7 +8,10 @@ a cross-entropy (``caffe_compat.losses.criteria``).
 
 Rules followed (read from xiaoboCASIA/SV-X-Softmax ``fc_layers.py`` and the papers):
 
-* ``am`` (AM-Softmax / CosFace): ``f(c) = c - m``; ``easy_margin`` as the seed:
+Defaults are the seed's (``FC.__init__``: ``margin=0.35, t=0.2, scale=32, easy_margin=True`` for
+every type); ``caffe_compat.losses.seed.from_seed`` takes the seed's own arguments and checkpoints.
+
+* ``am`` (AM-Softmax / CosFace): ``f(c) = c - m``; ``easy_margin`` (default, as the seed):
   ``c - m`` only where ``c > 0``; ``conditional`` as Caffe's ``LabelSpecificAdd``
   (happynear/caffe-windows ``label_specific_add.cpp``): ``c - m`` only where ``c > m``.
 * ``arc`` (ArcFace): ``f(c) = cos(acos(c) + m) = c cos m - sqrt(1 - c^2) sin m``; ``easy_margin``:
@@ -25,8 +28,10 @@ Rules followed (read from xiaoboCASIA/SV-X-Softmax ``fc_layers.py`` and the pape
   ``t cos_k + t - 1`` with ``t >= 1`` (``t = t_mv + 1`` gives the adaptive MV head).
 
 Deliberate deviations from the seed: embeddings are normalized here (the seed expects the caller
-to); the SphereFace angle multiplier ``m`` must be an integer (the seed's ``int(margin)`` silently
-turns its default 0.35 into 0); ``sqrt(1 - c^2)`` is evaluated as ``sqrt(max(1 - c^2, 1e-12))`` so
+to; ``normalize_embeddings=False`` takes them as given, as the seed); the SphereFace angle
+multiplier ``m`` must be an integer and defaults to 4 (the seed's ``int(margin)`` silently turns
+its shared default 0.35 into 0, a head whose target is the constant 1); ``sqrt(1 - c^2)`` is
+evaluated as ``sqrt(max(1 - c^2, 1e-12))`` so
 that ``|cos_y| = 1`` gives a finite derivative (the seed's is infinite, then NaN after the clamp);
 SphereFace's counter only advances in training mode.
 
@@ -147,18 +152,19 @@ class _CosineMarginLogits(torch.autograd.Function):
 
 
 def cosine_margin_logits(
-    embeddings: Tensor, weight: Tensor, labels: Tensor | None, rule: LogitRule
+    embeddings: Tensor, weight: Tensor, labels: Tensor | None, rule: LogitRule, normalize: bool = True
 ) -> Tensor:
     """Apply ``rule`` to the clamped cosines between ``embeddings`` (N, D) and ``weight`` rows (C, D).
 
     Returns the (N, C) logits. Labels (N,) are needed when the rule has a target or threshold.
+    ``normalize=False`` takes the embeddings as already L2-normalized (the seed's contract).
     """
     if embeddings.dim() != 2 or weight.dim() != 2 or embeddings.shape[1] != weight.shape[1]:
         shapes = f"{list(embeddings.shape)} and {list(weight.shape)}"
         raise ValueError(f"embeddings must be (N, D) and weight (C, D); got {shapes}")
     if labels is not None:
         labels = _check_labels(labels, embeddings.shape[0], weight.shape[0])
-    xn = F.normalize(embeddings, dim=1, eps=NORM_EPS)
+    xn = F.normalize(embeddings, dim=1, eps=NORM_EPS) if normalize else embeddings
     return _CosineMarginLogits.apply(xn, weight, labels, rule)
 
 
@@ -266,9 +272,14 @@ class NormFaceHead(MarginHead):
     Args:
         s: the scale (alias ``scale``); must be positive.
         learnable_scale: make ``s`` a learnable parameter initialised to ``s`` (NormFace).
+
+    Attributes:
+        normalize_embeddings: L2-normalize the embeddings first (True); False takes them as
+            given, as the seed's ``FC`` does (``caffe_compat.losses.seed``).
     """
 
     kind = "normface"
+    normalize_embeddings: bool = True
 
     def __init__(
         self,
@@ -307,7 +318,7 @@ class NormFaceHead(MarginHead):
     def logits(
         self, embeddings: Tensor, labels: Tensor | None, weight: Tensor, margin: bool = True
     ) -> Tensor:
-        out = cosine_margin_logits(embeddings, weight, labels, self.rule(margin))
+        out = cosine_margin_logits(embeddings, weight, labels, self.rule(margin), self.normalize_embeddings)
         return out * self.s if self.learnable_scale else out
 
     def extra_repr(self) -> str:
@@ -389,8 +400,9 @@ class AMSoftmaxHead(NormFaceHead):
     """``am``: AM-Softmax / CosFace, target ``cos_y - m``.
 
     Args:
-        m: the additive cosine margin (alias ``margin``).
-        easy_margin: subtract only where ``cos_y > 0`` (the seed's option).
+        m: the additive cosine margin (alias ``margin``), the seed's 0.35 by default.
+        easy_margin: subtract only where ``cos_y > 0``; None (default) means True, the seed's
+            default, unless ``conditional`` is given.
         conditional: subtract only where ``cos_y > m`` (Caffe's LabelSpecificAdd rule).
     """
 
@@ -403,7 +415,7 @@ class AMSoftmaxHead(NormFaceHead):
         num_classes: int,
         m: float | None = None,
         s: float = 32.0,
-        easy_margin: bool = False,
+        easy_margin: bool | None = None,
         conditional: bool = False,
         learnable_scale: bool = False,
         own_weight: bool = True,
@@ -414,6 +426,8 @@ class AMSoftmaxHead(NormFaceHead):
             raise ValueError(f"the margin m must be >= 0, got {self.m}")
         if easy_margin and conditional:
             raise ValueError("easy_margin and conditional are exclusive (threshold 0 or threshold m)")
+        if easy_margin is None:
+            easy_margin = not conditional
         self.easy_margin, self.conditional = bool(easy_margin), bool(conditional)
 
     def margin_function(self, cos_y: Tensor) -> Tensor:
@@ -437,12 +451,12 @@ class ArcFaceHead(AMSoftmaxHead):
     """``arc``: ArcFace, target ``cos(theta_y + m)``.
 
     Args:
-        m: the additive angular margin (alias ``margin``), radians.
-        easy_margin: apply only where ``cos_y > 0``.
+        m: the additive angular margin (alias ``margin``), radians; the seed's 0.35 by default
+            (ArcFace's paper uses 0.5).
+        easy_margin: apply only where ``cos_y > 0`` (default, as the seed).
     """
 
     kind = "arc"
-    default_m = 0.5
 
     def __init__(
         self,
@@ -450,7 +464,7 @@ class ArcFaceHead(AMSoftmaxHead):
         num_classes: int,
         m: float | None = None,
         s: float = 32.0,
-        easy_margin: bool = False,
+        easy_margin: bool = True,
         learnable_scale: bool = False,
         own_weight: bool = True,
     ) -> None:
@@ -478,7 +492,7 @@ class MVAMHead(AMSoftmaxHead):
         s: float = 32.0,
         t: float = 0.2,
         mode: str = "adaptive",
-        easy_margin: bool = False,
+        easy_margin: bool = True,
         learnable_scale: bool = False,
         own_weight: bool = True,
     ) -> None:
@@ -512,7 +526,6 @@ class MVArcHead(MVAMHead):
     """``mv-arc``: MV-Arc-Softmax (the seed's ``MV-Arc``); parameters as ``mv-am``."""
 
     kind = "mv-arc"
-    default_m = 0.5
     margin_function = ArcFaceHead.margin_function
 
 
@@ -532,7 +545,7 @@ class SVAMHead(MVAMHead):
         m: float | None = None,
         s: float = 32.0,
         t: float = 1.2,
-        easy_margin: bool = False,
+        easy_margin: bool = True,
         learnable_scale: bool = False,
         own_weight: bool = True,
     ) -> None:
@@ -553,7 +566,6 @@ class SVArcHead(SVAMHead):
     """``sv-arc``: SV-Arc-Softmax; parameters as ``sv-am``."""
 
     kind = "sv-arc"
-    default_m = 0.5
     margin_function = ArcFaceHead.margin_function
 
 
@@ -595,8 +607,8 @@ def make_head(kind: str, in_features: int, num_classes: int, **params: Any) -> M
     ``mv-arc``, ``sv-am``, ``sv-arc``.
 
     Parameters (the seed's spellings are accepted too: ``margin`` for ``m``, ``scale`` for ``s``,
-    ``alpha`` for ``gamma``): ``m`` (am 0.35, arc 0.5, sphereface 4, mv/sv as am/arc), ``s`` (32),
-    ``t`` (mv 0.2, sv 1.2), ``mode`` (mv: "adaptive"), ``easy_margin``, ``conditional`` (am),
+    ``alpha`` for ``gamma``): ``m`` (0.35 as the seed; sphereface 4), ``s`` (32), ``t`` (mv 0.2, sv
+    1.2), ``mode`` (mv: "adaptive"), ``easy_margin`` (True as the seed), ``conditional`` (am),
     ``learnable_scale``, ``base``/``gamma``/``power``/``lambda_min`` (sphereface: 1000, 1e-4, 2, 5),
     ``bias`` (fc). A parameter the kind does not take is an error.
     """
