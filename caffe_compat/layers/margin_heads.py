@@ -9,9 +9,10 @@ Phases: in TRAIN the margin (and MV/SV re-weighting) is applied and SphereFace's
 advances on every forward, as MarginInnerProduct's ``iter_`` does; in TEST the top is the plain
 ``s * cos`` (``fc``: ``x @ W.T``), as AM-Softmax's ``LabelSpecificAdd`` is the identity in TEST
 (``label_specific_add.cpp``). The fork's ``MarginInnerProduct`` differs: it has no phase check
-and applies its margin in TEST too (``margin_inner_product_layer.cpp``). The counter is not stored in the caffemodel (Caffe's restarts
-at zero on resume too). The backward is the exact gradient (including through the weight
-normalization, which Caffe's normalized layers do not back-propagate).
+and applies its margin in TEST too (``margin_inner_product_layer.cpp``). The counter is not
+stored in the caffemodel (Caffe's restarts at zero on resume too). The backward is the exact
+gradient (including through the weight normalization, which Caffe's normalized layers do not
+back-propagate).
 """
 
 from __future__ import annotations
