@@ -5,6 +5,7 @@ Importing this package registers every built-in type; ``register`` adds a user's
 
 from caffe_compat.layers import (  # noqa: F401  (importing a family registers its types)
     activation,
+    combine,
     conv,
     data,
     face,
@@ -13,8 +14,10 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     input,
     loss,
     margin_heads,
+    math_ops,
     normalization,
     pooling,
+    reorder,
     shape,
 )
 from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer
