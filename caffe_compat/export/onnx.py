@@ -23,6 +23,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,8 +157,30 @@ PROTOBUF_LIMIT = 2**31 - 1
 _field = length_delimited_header
 
 
+def _restore_input_names(graph: Any, wanted: list[str]) -> None:
+    """Give the graph inputs their Caffe names back. Where a top has the name of an input (an
+    in-place layer on an input blob), the exporter may rename the *input* (``x`` -> ``x.1``); the
+    two names are swapped everywhere so that inputs keep the names users feed."""
+    swap: dict[str, str] = {}
+    for value, want in zip(graph.input, wanted, strict=False):
+        if value.name != want:
+            swap[value.name], swap[want] = want, value.name
+    if not swap:
+        return
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = swap.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [swap.get(name, name) for name in node.input]
+        node.output[:] = [swap.get(name, name) for name in node.output]
+
+
 def _stream_model(
-    skeleton: bytes, names: list[str], tensors: list[torch.Tensor], path: Path, progress: bool = False
+    skeleton: bytes,
+    names: list[str],
+    tensors: list[torch.Tensor],
+    path: Path,
+    progress: bool = False,
+    input_names: list[str] | None = None,
 ) -> None:
     """Write the exported skeleton with the weights as initializers named by their state_dict keys,
     each written from the tensor's own memory (no serialized copy of the model is built)."""
@@ -171,6 +194,7 @@ def _stream_model(
     graph.input.extend(kept)
     for node in graph.node:
         node.input[:] = [renamed.get(name, name) for name in node.input]
+    _restore_input_names(graph, list(input_names or []))
     graph_bytes = graph.SerializeToString()
     model.ClearField("graph")
     head = model.SerializeToString()
@@ -235,7 +259,7 @@ def write(
             raise ExportError(
                 f"the ONNX exporter failed (opset {opset}){_culprits(flat, first)}: {first}"
             ) from None
-    _stream_model(skeleton.getvalue(), names, tensors, path, progress)
+    _stream_model(skeleton.getvalue(), names, tensors, path, progress, list(flat.input_names))
     return opset
 
 
