@@ -5,8 +5,10 @@ Importing this package registers every built-in type; ``register`` adds a user's
 
 from caffe_compat.layers import (  # noqa: F401  (importing a family registers its types)
     activation,
+    classification_losses,
     conv,
     data,
+    embedding_losses,
     face,
     image_data,
     inner_product,
@@ -15,6 +17,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     margin_heads,
     normalization,
     pooling,
+    regression_losses,
     shape,
 )
 from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer
