@@ -5,9 +5,11 @@ Importing this package registers every built-in type; ``register`` adds a user's
 
 from caffe_compat.layers import (  # noqa: F401  (importing a family registers its types)
     activation,
+    classification_losses,
     combine,
     conv,
     data,
+    embedding_losses,
     face,
     image_data,
     inner_product,
@@ -17,6 +19,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     math_ops,
     normalization,
     pooling,
+    regression_losses,
     reorder,
     shape,
 )
