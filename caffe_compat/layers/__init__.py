@@ -8,14 +8,17 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     conv,
     data,
     face,
+    hdf5_output,
     image_data,
     inner_product,
     input,
     loss,
     margin_heads,
+    multilabel_data,
     normalization,
     pooling,
     shape,
+    window_data,
 )
 from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer
 from caffe_compat.layers.registry import layer_class, register, registered_types
