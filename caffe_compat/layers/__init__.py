@@ -11,17 +11,20 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     data,
     embedding_losses,
     face,
+    hdf5_output,
     image_data,
     inner_product,
     input,
     loss,
     margin_heads,
     math_ops,
+    multilabel_data,
     normalization,
     pooling,
     regression_losses,
     reorder,
     shape,
+    window_data,
 )
 from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer
 from caffe_compat.layers.registry import layer_class, register, registered_types
