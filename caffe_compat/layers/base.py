@@ -95,8 +95,11 @@ class CaffeLayer(nn.Module):
         caffe_blobs: the parameter blobs in Caffe order.
         family: the group the type belongs to in the docs (``activation``, ``NormFace``, ...), set
             explicitly by every built-in class.
-        is_loss: a loss layer (its first top has loss weight 1 unless the prototxt says otherwise,
-            Caffe's ``LossLayer::LayerSetUp``).
+        is_loss: a loss layer (its first top has loss weight ``default_loss_weight`` unless the
+            prototxt says otherwise, Caffe's ``LossLayer::LayerSetUp``); deploy nets drop it.
+        default_loss_weight: the loss weight of a loss layer's first top when the prototxt gives
+            none: 1, as ``LossLayer::LayerSetUp`` sets it; 0 for a loss layer whose own LayerSetUp
+            never calls that (the fork's CenterLoss). Ignored unless ``is_loss``.
         is_data: a data layer (no bottoms; its tops are the net's inputs unless fed by the caller);
             it implements ``next_batch() -> tuple[Tensor, ...]`` (CPU tensors, one per top).
     """
@@ -105,6 +108,7 @@ class CaffeLayer(nn.Module):
     caffe_blobs: ClassVar[tuple[Blob, ...]] = ()
     family: ClassVar[str] = ""
     is_loss: ClassVar[bool] = False
+    default_loss_weight: ClassVar[float] = 1.0
     is_data: ClassVar[bool] = False
     #: A minimal net (Input layers + this layer) used by the registry-driven tests and the docs.
     example: ClassVar[str] = ""

@@ -140,7 +140,7 @@ def build(
     input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
     built = BuiltNet()
     classes = [_layer_class(layer) for layer in net.layer]
-    built.flow = analyse(net, [cls.is_loss for cls in classes])
+    built.flow = analyse(net, [cls.default_loss_weight if cls.is_loss else 0.0 for cls in classes])
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
     taken: set[str] = set()

@@ -6,8 +6,8 @@ Rules followed (``src/caffe/net.cpp``):
   "produced by multiple sources" (``AppendTop``);
 - the net's outputs are the blobs no later layer consumes, in the order of a ``std::set``
   (alphabetical), which is also the ``#i`` numbering of Caffe's log;
-- loss weights: ``loss_weight`` per top if given, else 1 for the first top of a loss layer
-  (``LossLayer::LayerSetUp``), else 0.
+- loss weights: ``loss_weight`` per top if given, else the layer's default for its first top (1
+  for a loss layer, ``LossLayer::LayerSetUp``; the class's ``default_loss_weight``), else 0.
 """
 
 from __future__ import annotations
@@ -31,12 +31,16 @@ def layer_label(layer: caffe_pb2.LayerParameter) -> str:
     return f"layer '{layer.name}' ({layer.type})"
 
 
-def analyse(net: caffe_pb2.NetParameter, is_loss_layer: list[bool]) -> Dataflow:
-    """Check the blob wiring of a filtered net and derive its outputs and loss weights."""
+def analyse(net: caffe_pb2.NetParameter, default_loss_weights: list[float]) -> Dataflow:
+    """Check the blob wiring of a filtered net and derive its outputs and loss weights.
+
+    ``default_loss_weights[i]`` is the weight of layer i's first top when its prototxt gives no
+    ``loss_weight`` (1 for most loss layers, 0 for layers that are no loss).
+    """
     flow = Dataflow()
     available: set[str] = set()
     produced: set[str] = set()
-    for layer, is_loss in zip(net.layer, is_loss_layer, strict=True):
+    for layer, default_weight in zip(net.layer, default_loss_weights, strict=True):
         for index, bottom in enumerate(layer.bottom):
             if bottom not in produced:
                 raise LayerError(
@@ -65,7 +69,7 @@ def analyse(net: caffe_pb2.NetParameter, is_loss_layer: list[bool]) -> Dataflow:
             if layer.loss_weight:
                 weight = float(layer.loss_weight[index])
             else:
-                weight = 1.0 if (is_loss and index == 0) else 0.0
+                weight = float(default_weight) if index == 0 else 0.0
             if weight != 0.0:
                 flow.loss_weights[top] = weight
     flow.outputs = sorted(available)
