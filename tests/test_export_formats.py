@@ -32,18 +32,33 @@ CAFFE_FORWARD_TOL = {"rtol": 1e-4, "atol": 1e-5}
 # torch 2.13 deprecates torch.jit (load/trace/save) in favour of torch.export; the format stays.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 
-#: Golden cases whose net has layers left in deploy form (the others hold only losses/margins).
+#: Golden cases whose deploy form has no layers left (they hold only losses, accuracies, margins).
 NOT_DEPLOYABLE = {
     "accuracy_top2",
+    "batch_contrastive_loss",
+    "batch_contrastive_loss_max_only",
+    "center_loss",
+    "center_loss_l1",
+    "center_loss_no_loss_weight",
+    "confidence_penalty_loss",
+    "correlation_loss",
     "euclidean_loss",
+    "focal_loss",
+    "focal_loss_oneaddp_spatial",
     "general_contrastive_loss",
     "general_triplet_loss",
+    "hinge_loss_l1",
+    "hinge_loss_l2",
     "label_specific_add_anneal",
     "margin_ip_double",
     "margin_ip_lambda",
     "margin_ip_quadruple",
     "margin_ip_single",
+    "nca_loss",
+    "nca_loss_min_negative_weighted",
     "sigmoid_ce_loss",
+    "soft_contrastive_loss",
+    "soft_contrastive_loss_square_weighted",
     "softmax_loss",
     "softmax_loss_ignore",
     "softmax_loss_weight",

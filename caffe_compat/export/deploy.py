@@ -5,8 +5,9 @@ The net is filtered for the TEST phase (Caffe's ``FilterNet``), then, in layer o
 * a data layer (``Data``, ``ImageData``, ``HDF5Data``, ... any layer the registry marks as data)
   becomes an ``Input`` layer of the same name giving its first top the data shape; its other
   tops (labels) are dropped;
-* loss layers, ``Accuracy`` and the label-driven margin layers (``LabelSpecificAdd``,
-  ``MarginInnerProduct``, ``GlobalLSEMargin``, caffe-compat's ``MarginHead``) are dropped;
+* loss layers, ``Accuracy``, ``HDF5Output`` and the label-driven margin layers
+  (``LabelSpecificAdd``, ``MarginInnerProduct``, ``LargeMarginInnerProduct``, ``GlobalLSEMargin``,
+  caffe-compat's ``MarginHead``) are dropped;
 * a layer consuming a blob that no longer exists (a label, or a dropped layer's top) is dropped,
   and so, in turn, are its consumers. A dropped in-place layer leaves its blob as it was before.
 
@@ -34,9 +35,11 @@ DATA_TYPES = frozenset(
     {"Data", "ImageData", "HDF5Data", "DummyData", "MemoryData", "WindowData", "Python", "AnnotatedData"}
 )
 #: Label-driven margin layers: the identity or meaningless without labels, dropped from deploy nets.
-MARGIN_TYPES = frozenset({"LabelSpecificAdd", "MarginInnerProduct", "MarginHead", "GlobalLSEMargin"})
-#: Layers that only make sense with labels or in training.
-TRAINING_TYPES = frozenset({"Accuracy"}) | MARGIN_TYPES
+MARGIN_TYPES = frozenset(
+    {"LabelSpecificAdd", "MarginInnerProduct", "LargeMarginInnerProduct", "MarginHead", "GlobalLSEMargin"}
+)
+#: Layers that only make sense with labels or in training (HDF5Output writes a file as it runs).
+TRAINING_TYPES = frozenset({"Accuracy", "HDF5Output"}) | MARGIN_TYPES
 
 
 def _is_data(layer: caffe_pb2.LayerParameter) -> bool:
