@@ -5,9 +5,11 @@ Importing this package registers every built-in type; ``register`` adds a user's
 
 from caffe_compat.layers import (  # noqa: F401  (importing a family registers its types)
     activation,
+    bn,
     conv,
     data,
     face,
+    im2col,
     image_data,
     inner_product,
     input,
@@ -15,6 +17,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     margin_heads,
     normalization,
     pooling,
+    recurrent,
     shape,
 )
 from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer
