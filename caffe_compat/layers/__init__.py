@@ -5,6 +5,7 @@ Importing this package registers every built-in type; ``register`` adds a user's
 
 from caffe_compat.layers import (  # noqa: F401  (importing a family registers its types)
     activation,
+    bn,
     classification_losses,
     combine,
     conv,
@@ -12,6 +13,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     embedding_losses,
     face,
     hdf5_output,
+    im2col,
     image_data,
     inner_product,
     input,
@@ -21,6 +23,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     multilabel_data,
     normalization,
     pooling,
+    recurrent,
     regression_losses,
     reorder,
     shape,
