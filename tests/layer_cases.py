@@ -17,7 +17,8 @@ import torch
 
 import caffe_compat as cc
 
-LAYER_GOLDENS = Path(__file__).parent / "goldens" / "layers"
+GOLDENS = Path(__file__).parent / "goldens"
+LAYER_GOLDENS = GOLDENS / "layers"
 FORWARD_TOL = {"rtol": 1e-4, "atol": 1e-5}
 BACKWARD_TOL = {"rtol": 1e-3, "atol": 1e-4}
 
@@ -53,6 +54,20 @@ def case_layer_types(case: str) -> list[str]:
         if layer.type != "Input" and layer.type not in types:
             types.append(layer.type)
     return types
+
+
+def golden_coverage() -> dict[str, list[str]]:
+    """Layer type -> the real-Caffe golden cases whose net runs it: the layer cases, and the data
+    (``data/<case>``) and training (``train/<case>``) cases, which check the data layers and the
+    solver's nets. The README's layer table shows it (tests/test_layer_registry.py)."""
+    nets = [(case, LAYER_GOLDENS / case / "net.prototxt") for case in case_names()]
+    for kind in ("data", "train"):
+        nets += [(f"{kind}/{p.parent.name}", p) for p in sorted((GOLDENS / kind).glob("*/net.prototxt"))]
+    coverage: dict[str, list[str]] = {}
+    for case, path in nets:
+        for layer_type in sorted({layer.type for layer in cc.read_net(path).layer}):
+            coverage.setdefault(layer_type, []).append(case)
+    return coverage
 
 
 def run_case(case: str) -> None:
@@ -102,3 +117,12 @@ def run_case(case: str) -> None:
             layer, _, index = rest.rpartition("/")
             tensor = net.params[layer][int(index)]
             assert_close(tensor.grad, expected, f"{case}: diff of param {layer}[{index}]", BACKWARD_TOL)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--readme-table"]:
+        from caffe_compat.layers.registry import support_table
+
+        print(support_table(golden_coverage()))

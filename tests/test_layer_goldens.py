@@ -6,17 +6,6 @@ from layer_cases import case_names, run_case
 
 # Cases of fork types being ported in this change series; the list shrinks to nothing.
 PENDING = {
-    "bn_frozen",
-    "bn_test",
-    "bn_train",
-    "im2col",
-    "im2col_rect_stride_dilation",
-    "local",
-    "local_stride_pad_nobias",
-    "lstm",
-    "lstm_carry_state",
-    "lstm_static_expose_hidden",
-    "lstm_unit",
     "predict_box",
     "predict_box_bbreg_vector",
     "predict_box_nms_linear",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from layer_cases import golden_coverage
 
 import caffe_compat as cc
 from caffe_compat.layers.registry import builtin_types, support_table
@@ -55,12 +56,23 @@ def test_every_type_builds_from_its_example_and_round_trips(type_name: str, tmp_
     assert len(stored_layer.blobs) == len(present)
 
 
-def test_readme_support_table_matches_the_registry() -> None:
+def test_readme_support_table_matches_the_registry_and_the_goldens() -> None:
+    """The README's layer table lists every built-in type and, per type, the golden cases that
+    check it (computed from tests/goldens, so a new case or type changes the table)."""
     readme = (ROOT / "README.md").read_text()
-    assert support_table() in readme, (
-        "README's layer table is out of date; regenerate it with "
-        "python -c 'from caffe_compat.layers.registry import support_table; print(support_table())'"
+    assert support_table(golden_coverage()) in readme, (
+        "README's layer table is out of date; regenerate it with python tests/layer_cases.py --readme-table"
     )
+
+
+def test_layer_table_says_which_types_have_no_golden() -> None:
+    table = support_table(golden_coverage())
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines()[2:]}
+    for name in ("Clip", "Swish", "MarginHead"):
+        assert "**no golden**" in rows[name], name
+    assert "`ip_normalize`" in rows["InnerProduct"] and "**no golden**" not in rows["InnerProduct"]
+    assert "GPU-only in the fork" in rows["GlobalLSEMargin"]
+    assert rows["MarginInnerProduct"].split("|")[4].strip().startswith("9: ")  # 8 layer + 1 training case
 
 
 @pytest.mark.parametrize("type_name", sorted(builtin_types()))

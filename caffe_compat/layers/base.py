@@ -95,6 +95,8 @@ class CaffeLayer(nn.Module):
         caffe_blobs: the parameter blobs in Caffe order.
         family: the group the type belongs to in the docs (``activation``, ``NormFace``, ...), set
             explicitly by every built-in class.
+        fork_gpu_only: the fork implements the type in CUDA only (its CPU Forward is
+            NOT_IMPLEMENTED); this class follows the ``.cu`` code on every device.
         is_loss: a loss layer (its first top has loss weight ``default_loss_weight`` unless the
             prototxt says otherwise, Caffe's ``LossLayer::LayerSetUp``); deploy nets drop it.
         default_loss_weight: the loss weight of a loss layer's first top when the prototxt gives
@@ -107,6 +109,7 @@ class CaffeLayer(nn.Module):
     caffe_type: ClassVar[str] = ""
     caffe_blobs: ClassVar[tuple[Blob, ...]] = ()
     family: ClassVar[str] = ""
+    fork_gpu_only: ClassVar[bool] = False
     is_loss: ClassVar[bool] = False
     default_loss_weight: ClassVar[float] = 1.0
     is_data: ClassVar[bool] = False

@@ -68,14 +68,35 @@ def builtin_types() -> dict[str, type[CaffeLayer]]:
     }
 
 
-def support_table() -> str:
-    """The README's table of supported layer types: type, family module, blobs in Caffe order."""
-    rows = ["| Caffe type | family | blobs (Caffe order) |", "| --- | --- | --- |"]
+def support_table(coverage: dict[str, list[str]] | None = None) -> str:
+    """The README's table of supported layer types: type, family, blobs in Caffe order and, given
+    ``coverage`` (type -> the golden cases that run it), the real-Caffe cases that check each type.
+
+    A type with no case says so plainly; a type whose fork has only a CUDA implementation says
+    that its CUDA semantics run on every device."""
+    header = "| Caffe type | family | blobs (Caffe order) |"
+    rule = "| --- | --- | --- |"
+    if coverage is not None:
+        header += " golden cases (real Caffe) |"
+        rule += " --- |"
+    rows = [header, rule]
     for name, cls in sorted(builtin_types().items(), key=lambda item: item[0].lower()):
         family = cls.family or "-"
         blobs = ", ".join(
             f"{b.name}{'' if b.learnable else ' (buffer)'}{' (optional)' if b.optional else ''}"
             for b in cls.caffe_blobs
         )
-        rows.append(f"| `{name}` | {family} | {blobs or '-'} |")
+        row = f"| `{name}` | {family} | {blobs or '-'} |"
+        if coverage is not None:
+            row += f" {_coverage_cell(coverage.get(name, []), cls.fork_gpu_only)} |"
+        rows.append(row)
     return "\n".join(rows)
+
+
+def _coverage_cell(cases: list[str], gpu_only: bool, shown: int = 6) -> str:
+    note = " (GPU-only in the fork: its CUDA semantics, on every device)" if gpu_only else ""
+    if not cases:
+        return "**no golden**" + note
+    names = ", ".join(f"`{case}`" for case in cases[:shown])
+    more = f" and {len(cases) - shown} more" if len(cases) > shown else ""
+    return f"{len(cases)}: {names}{more}{note}"

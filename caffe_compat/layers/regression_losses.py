@@ -68,6 +68,7 @@ class SmoothL1Loss(CaffeLayer):
     """
 
     family = "loss"
+    fork_gpu_only = True
 
     is_loss = True
     example = """

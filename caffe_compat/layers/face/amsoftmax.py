@@ -227,6 +227,7 @@ class GlobalLSEMargin(CaffeLayer):
     """
 
     family = "AM-Softmax"
+    fork_gpu_only = True
 
     caffe_blobs = (Blob("scale"), Blob("margin", learnable=False))
     example = """

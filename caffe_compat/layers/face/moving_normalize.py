@@ -37,6 +37,7 @@ class MovingNormalize(CaffeLayer):
     """
 
     family = "NormFace"
+    fork_gpu_only = True
 
     caffe_blobs = (Blob("moving_average_norm", learnable=False),)
     example = """
