@@ -7,6 +7,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     activation,
     conv,
     data,
+    detection,
     face,
     image_data,
     inner_product,
@@ -16,6 +17,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     normalization,
     pooling,
     shape,
+    spatial,
 )
 from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer
 from caffe_compat.layers.registry import layer_class, register, registered_types
