@@ -10,6 +10,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     combine,
     conv,
     data,
+    detection,
     embedding_losses,
     face,
     hdf5_output,
@@ -27,6 +28,7 @@ from caffe_compat.layers import (  # noqa: F401  (importing a family registers i
     regression_losses,
     reorder,
     shape,
+    spatial,
     window_data,
 )
 from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer
