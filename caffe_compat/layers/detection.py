@@ -235,6 +235,7 @@ class PSROIPooling(_DetectionLayer):
     """
 
     family = "detection"
+    fork_gpu_only = True
 
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 8 dim: 6 dim: 7 } } }
