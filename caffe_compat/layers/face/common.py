@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from caffe_compat.layers.base import BuildContext, Shape
+from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -65,6 +65,33 @@ class CaffeGradient(torch.autograd.Function):
         (unit_grad,) = ctx.saved_tensors
         grad = grad_output * unit_grad if ctx.needs_input_grad[0] else None
         return grad, None, None
+
+
+class DistanceLoss(CaffeLayer):
+    """Shared parts of happynear/caffe-windows' losses over distance matrices: a scalar loss top,
+    an optional second top of statistics (no gradient), and Caffe's hand-written backward applied
+    through ``CaffeGradient``. Subclasses set ``family`` (the registry checks each type's own)."""
+
+    is_loss = True
+
+    output_distances: bool
+
+    def _stats_size(self) -> int:
+        return 2
+
+    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        return [()] + ([(self._stats_size(),)] if self.output_distances else [])
+
+    def _outputs(
+        self, d: torch.Tensor, loss: torch.Tensor, unit_grad: torch.Tensor | None, stats: torch.Tensor | None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The loss (its gradient to ``d`` is ``unit_grad`` times the top diff, when given) and,
+        with a second top, ``stats``."""
+        if unit_grad is not None:
+            loss = CaffeGradient.apply(d, loss.to(d.dtype), unit_grad.reshape(d.shape).to(d.dtype))
+        if self.output_distances:
+            return loss, stats
+        return loss
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:
