@@ -20,12 +20,17 @@ from caffe_compat.layers.face.common import check_legacy, legacy_shape
 from caffe_compat.layers.loss import (
     _MODE_NAMES,
     FLT_MIN,
+    _check_label_count,
     _check_label_range,
     _count,
+    _ignore_label,
+    _label_positions,
     _legacy_normalization,
     _Loss,
     _loss_checks,
+    _loss_repr,
     _normalizer,
+    _used_labels,
 )
 from caffe_compat.layers.registry import register
 from caffe_compat.proto import caffe_pb2
@@ -40,13 +45,6 @@ _X_LABEL = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 5 } } }
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
 """
-
-
-def _use_mask(labels: torch.Tensor, ignore_label: int | None) -> torch.Tensor:
-    """Positions whose label is not the ``ignore_label``."""
-    if ignore_label is None:
-        return torch.ones_like(labels, dtype=torch.bool)
-    return labels != ignore_label
 
 
 def _check_label_blob(ctx: BuildContext) -> None:
@@ -169,29 +167,17 @@ layer { name: "loss" type: "FocalLoss" bottom: "x" bottom: "label" top: "loss"
             raise ctx.error(f"alpha must be larger than zero, got {param.alpha}")
         shape = ctx.bottom_shapes[0]
         axis = canonical_axis(layer.softmax_param.axis, len(shape), ctx)
-        outer, inner = _count(shape, 0, axis), _count(shape, axis + 1)
-        if outer * inner != _count(ctx.bottom_shapes[1]):
-            raise ctx.error(
-                f"number of labels must match number of predictions: prediction shape {list(shape)} with "
-                f"softmax axis {axis} needs {outer * inner} labels, the label blob "
-                f"{list(ctx.bottom_shapes[1])} has {_count(ctx.bottom_shapes[1])}"
-            )
+        _check_label_count(ctx, shape, axis, "softmax")
         loss = layer.loss_param
-        ignore = loss.ignore_label if loss.HasField("ignore_label") else None
         mode = _legacy_normalization(loss, _Loss.VALID)
-        return cls(axis, param.alpha, param.gamma, param.type, ignore, mode)
+        return cls(axis, param.alpha, param.gamma, param.type, _ignore_label(loss), mode)
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return [()]
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape)
-        channels = shape[self.axis]
-        outer, inner = _count(shape, 0, self.axis), _count(shape, self.axis + 1)
-        labels = label.detach().reshape(outer, inner).long()
-        use = _use_mask(labels, self.ignore_label)
-        _check_label_range(labels, use, channels, f"layer '{self.caffe_name}' (FocalLoss)")
-        labels = torch.where(use, labels, 0)
+        channels, outer, inner, labels, use = _label_positions(x, label, self.axis, self.ignore_label)
+        labels = _used_labels(labels, use, channels, f"layer '{self.caffe_name}' (FocalLoss)")
         return _FocalLossFunction.apply(
             x.reshape(outer, channels, inner),
             labels,
@@ -210,9 +196,7 @@ layer { name: "loss" type: "FocalLoss" bottom: "x" bottom: "label" top: "loss"
             f"gamma={self.gamma}",
             f"normalization={_MODE_NAMES[self.normalization]}",
         ]
-        if self.ignore_label is not None:
-            parts.append(f"ignore_label={self.ignore_label}")
-        return ", ".join(p for p in parts if p)
+        return _loss_repr(parts, self.ignore_label)
 
 
 # -- HingeLoss -----------------------------------------------------------------------------------
@@ -355,13 +339,7 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
         shape = ctx.bottom_shapes[0]
         param = layer.infogain_loss_param
         axis = canonical_axis(param.axis, len(shape), ctx)
-        outer, inner = _count(shape, 0, axis), _count(shape, axis + 1)
-        if outer * inner != _count(ctx.bottom_shapes[1]):
-            raise ctx.error(
-                f"number of labels must match number of predictions: prediction shape {list(shape)} with "
-                f"infogain axis {axis} needs {outer * inner} labels, the label blob "
-                f"{list(ctx.bottom_shapes[1])} has {_count(ctx.bottom_shapes[1])}"
-            )
+        _check_label_count(ctx, shape, axis, "infogain")
         num_labels = shape[axis]
         infogain = None
         if len(ctx.bottom_shapes) == 3:
@@ -380,8 +358,7 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
             raise ctx.error(
                 f"H must be {num_labels}x{num_labels} for {num_labels} classes, {where} has {h_count}"
             )
-        ignore = loss.ignore_label if loss.HasField("ignore_label") else None
-        return cls(axis, ignore, loss.normalization, infogain, len(layer.top))
+        return cls(axis, _ignore_label(loss), loss.normalization, infogain, len(layer.top))
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return [(), tuple(bottom_shapes[0])][: self.num_tops]
@@ -391,15 +368,12 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         shape = tuple(x.shape)
         channels = shape[self.axis]
-        outer, inner = _count(shape, 0, self.axis), _count(shape, self.axis + 1)
         matrix = self.infogain if infogain is None else infogain
         if matrix is None:
             raise LayerError(f"layer '{self.caffe_name}' (InfogainLoss): H is neither a bottom nor loaded")
         matrix = matrix.detach().reshape(channels, channels).to(device=x.device, dtype=x.dtype)
-        labels = label.detach().reshape(outer, inner).long()
-        use = _use_mask(labels, self.ignore_label)
-        _check_label_range(labels, use, channels, f"layer '{self.caffe_name}' (InfogainLoss)")
-        labels = torch.where(use, labels, 0)
+        _, outer, inner, labels, use = _label_positions(x, label, self.axis, self.ignore_label)
+        labels = _used_labels(labels, use, channels, f"layer '{self.caffe_name}' (InfogainLoss)")
         loss, prob = _InfogainLossFunction.apply(
             x.reshape(outer, channels, inner), labels, use, matrix, self.normalization
         )
@@ -413,9 +387,7 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
             f"axis={self.axis}",
             f"normalization={_MODE_NAMES[self.normalization]}",
         ]
-        if self.ignore_label is not None:
-            parts.append(f"ignore_label={self.ignore_label}")
-        return ", ".join(p for p in parts if p)
+        return _loss_repr(parts, self.ignore_label)
 
 
 # -- MultinomialLogisticLoss ---------------------------------------------------------------------
