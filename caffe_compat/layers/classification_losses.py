@@ -56,11 +56,17 @@ def _check_label_blob(ctx: BuildContext) -> None:
         raise ctx.error(f"the label bottom must have channels, height and width 1, got {list(label)}")
 
 
-def _per_image_labels(label: torch.Tensor, num: int, dim: int, where: str) -> torch.Tensor:
-    """``static_cast<int>(label[i])`` for the ``num`` images, each checked to lie in ``[0, dim)``."""
+def _per_image_labels(
+    layer: CaffeLayer, x: torch.Tensor, label: torch.Tensor
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """``(N, rows, labels)``: ``x`` viewed as ``(N, dim)`` rows and ``static_cast<int>(label[i])``
+    for the N images, each checked to lie in ``[0, dim)`` (errors name ``layer``)."""
+    num = x.shape[0]
+    rows = x.reshape(num, -1)
     labels = label.detach().reshape(-1)[:num].long()
-    _check_label_range(labels, torch.ones_like(labels, dtype=torch.bool), dim, where)
-    return labels
+    where = f"layer '{layer.caffe_name}' ({layer.caffe_type})"
+    _check_label_range(labels, torch.ones_like(labels, dtype=torch.bool), rows.shape[1], where)
+    return num, rows, labels
 
 
 # -- FocalLoss -----------------------------------------------------------------------------------
@@ -236,10 +242,7 @@ class HingeLoss(CaffeLayer):
         return [()]
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        num = x.shape[0]
-        scores = x.reshape(num, -1)
-        dim = scores.shape[1]
-        labels = _per_image_labels(label, num, dim, f"layer '{self.caffe_name}' (HingeLoss)")
+        num, scores, labels = _per_image_labels(self, x, label)
         target = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
         t = torch.relu(1 + torch.where(target, -scores, scores))
         if self.norm == _Hinge.L2:
@@ -445,11 +448,7 @@ class MultinomialLogisticLoss(CaffeLayer):
         return [()]
 
     def forward(self, prob: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        num = prob.shape[0]
-        flat = prob.reshape(num, -1)
-        labels = _per_image_labels(
-            label, num, flat.shape[1], f"layer '{self.caffe_name}' (MultinomialLogisticLoss)"
-        )
+        _, flat, labels = _per_image_labels(self, prob, label)
         return _MultinomialLogisticFunction.apply(flat, labels)
 
 
@@ -513,11 +512,7 @@ class ConfidencePenaltyLoss(CaffeLayer):
         return [()]
 
     def forward(self, prob: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        num = prob.shape[0]
-        flat = prob.reshape(num, -1)
-        labels = _per_image_labels(
-            label, num, flat.shape[1], f"layer '{self.caffe_name}' (ConfidencePenaltyLoss)"
-        )
+        num, flat, labels = _per_image_labels(self, prob, label)
         # beta / (N - 1) in floating point: +inf for a batch of one, as in Caffe
         other = torch.tensor(self.beta, dtype=prob.dtype) / (num - 1.0)
         target = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
