@@ -30,6 +30,7 @@ from caffe_compat.layers.loss import (
     _loss_checks,
     _loss_repr,
     _normalizer,
+    _SoftmaxLoss,
     _used_labels,
 )
 from caffe_compat.layers.registry import register
@@ -289,7 +290,7 @@ class _InfogainLossFunction(torch.autograd.Function):
 
 
 @register("InfogainLoss")
-class InfogainLoss(CaffeLayer):
+class InfogainLoss(_SoftmaxLoss):
     """Infogain loss over an internal softmax (infogain_loss_layer.cpp).
 
     ``p = softmax(x)`` over ``infogain_loss_param.axis`` (default 1, L classes); the L x L matrix H
@@ -324,11 +325,7 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
         infogain: torch.Tensor | None = None,
         num_tops: int = 1,
     ) -> None:
-        super().__init__()
-        self.axis = int(axis)
-        self.ignore_label = None if ignore_label is None else int(ignore_label)
-        self.normalization = int(normalization)
-        self.num_tops = int(num_tops)
+        super().__init__(axis, ignore_label, normalization, num_tops)
         self.register_buffer("infogain", infogain, persistent=False)
 
     @classmethod
@@ -363,9 +360,6 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
             )
         return cls(axis, _ignore_label(loss), loss.normalization, infogain, len(layer.top))
 
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [(), tuple(bottom_shapes[0])][: self.num_tops]
-
     def forward(
         self, x: torch.Tensor, label: torch.Tensor, infogain: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -380,17 +374,7 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
         loss, prob = _InfogainLossFunction.apply(
             x.reshape(outer, channels, inner), labels, use, matrix, self.normalization
         )
-        if self.num_tops == 1:
-            return loss
-        return loss, prob.reshape(shape)
-
-    def extra_repr(self) -> str:
-        parts = [
-            super().extra_repr(),
-            f"axis={self.axis}",
-            f"normalization={_MODE_NAMES[self.normalization]}",
-        ]
-        return _loss_repr(parts, self.ignore_label)
+        return self._outputs(loss, prob, shape)
 
 
 # -- MultinomialLogisticLoss ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ error instead (one host synchronisation per forward on an accelerator).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -224,8 +225,40 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+class _SoftmaxLoss(CaffeLayer):
+    """Shared parts of the losses over an internal softmax along ``axis`` with one label per
+    position (SoftmaxWithLoss, InfogainLoss): ``ignore_label``, the normalization mode, and an
+    optional second top with the probabilities (no gradient flows back from it)."""
+
+    def __init__(self, axis: int, ignore_label: int | None, normalization: int, num_tops: int) -> None:
+        super().__init__()
+        self.axis = int(axis)
+        self.ignore_label = None if ignore_label is None else int(ignore_label)
+        self.normalization = int(normalization)
+        self.num_tops = int(num_tops)
+
+    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        return [(), tuple(bottom_shapes[0])][: self.num_tops]
+
+    def _outputs(
+        self, loss: torch.Tensor, prob: torch.Tensor, shape: Sequence[int]
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The loss, and with a second top the probabilities in the data's ``shape``."""
+        if self.num_tops == 1:
+            return loss
+        return loss, prob.reshape(shape)
+
+    def extra_repr(self) -> str:
+        parts = [
+            super().extra_repr(),
+            f"axis={self.axis}",
+            f"normalization={_MODE_NAMES[self.normalization]}",
+        ]
+        return _loss_repr(parts, self.ignore_label)
+
+
 @register("SoftmaxWithLoss")
-class SoftmaxWithLoss(CaffeLayer):
+class SoftmaxWithLoss(_SoftmaxLoss):
     """Softmax over ``axis`` followed by the multinomial logistic loss (softmax_loss_layer.cpp).
 
     Labels hold ``outer * inner`` values (``(N,)``, ``(N, H, W)``, ``(N, 1, H, W)`` ...). Positions
@@ -260,11 +293,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "l
         class_weight: list[float] | None = None,
         num_tops: int = 1,
     ) -> None:
-        super().__init__()
-        self.axis = int(axis)
-        self.ignore_label = None if ignore_label is None else int(ignore_label)
-        self.normalization = int(normalization)
-        self.num_tops = int(num_tops)
+        super().__init__(axis, ignore_label, normalization, num_tops)
         weight = None if not class_weight else torch.tensor(class_weight, dtype=torch.float32)
         self.register_buffer("class_weight", weight, persistent=False)
 
@@ -300,9 +329,6 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "l
         mode = _legacy_normalization(layer.loss_param, _Loss.VALID)
         return cls(axis, _ignore_label(layer.loss_param), mode, class_weight, len(layer.top))
 
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [(), tuple(bottom_shapes[0])][: self.num_tops]
-
     def forward(
         self, x: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -316,17 +342,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "l
         loss, prob = _SoftmaxLossFunction.apply(
             x.reshape(outer, channels, inner), labels, use, weights, class_weight, self.normalization
         )
-        if self.num_tops == 1:
-            return loss
-        return loss, prob.reshape(shape)
-
-    def extra_repr(self) -> str:
-        parts = [
-            super().extra_repr(),
-            f"axis={self.axis}",
-            f"normalization={_MODE_NAMES[self.normalization]}",
-        ]
-        return _loss_repr(parts, self.ignore_label)
+        return self._outputs(loss, prob, shape)
 
 
 # ------------------------------------------------------------------------------------------------
