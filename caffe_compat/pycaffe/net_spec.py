@@ -22,8 +22,10 @@ from caffe_compat.proto import caffe_pb2
 
 def param_name_dict() -> dict[str, str]:
     """Layer type -> the stem of its parameter field (``InnerProduct`` -> ``inner_product``),
-    derived from the ``*_param`` fields of LayerParameter and their message type names."""
-    mapping = {}
+    derived from the ``*_param`` fields of LayerParameter and their message type names, plus the
+    types that read another type's message (Deconvolution, Im2col: ``convolution_param``; BVLC's
+    net_spec lacks these and wants ``convolution_param=dict(...)``, which still works)."""
+    mapping = {"Deconvolution": "convolution", "Im2col": "convolution"}
     for field in caffe_pb2.LayerParameter.DESCRIPTOR.fields:
         if not field.name.endswith("_param") or field.message_type is None:
             continue
