@@ -276,6 +276,17 @@ def test_weights_io_share_with_and_forward_all(tmp_path: Path) -> None:
     assert not d.params["ip"][0].diff.any()
 
 
+def test_a_constant_dummy_data_top_keeps_what_the_caller_wrote(tmp_path: Path) -> None:
+    net = caffe.Net(_write(tmp_path, "d.prototxt", DUMMY + BODY), caffe.TRAIN)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["label"].data, np.full(4, 2, np.float32))
+    first = net.blobs["data"].data.copy()
+    net.blobs["label"].data[...] = [1, 0, 5, 3]  # Caffe fills a constant top once (refill_ false)
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["label"].data, [1, 0, 5, 3])
+    assert not np.array_equal(net.blobs["data"].data, first)  # a gaussian top is refilled
+
+
 def test_set_input_arrays_feeds_the_memory_data_layer(tmp_path: Path) -> None:
     model = _write(
         tmp_path,
@@ -322,6 +333,7 @@ def test_solver_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conv.diff[...] = 1
     sgd.apply_update()
     np.testing.assert_allclose(conv.data, np.full(conv.shape, -0.01, np.float32))
+    np.testing.assert_allclose(conv.diff, np.full(conv.shape, 0.01, np.float32))  # the step, as in Caffe
     sgd.snapshot()
     assert Path("snap_iter_1.caffemodel").is_file() and Path("snap_iter_1.solverstate").is_file()
     sgd.solve()

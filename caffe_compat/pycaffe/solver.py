@@ -6,7 +6,8 @@ blobs users read and write), so ``solver.net.blobs['loss'].data`` after ``step``
 iteration's, values written into the blobs are what the layers read, and Python layers run with
 the net's own blobs. Each class fixes its update rule whatever the file's ``type`` says, as the
 C++ class does; ``get_solver`` picks the class the file names. Param diffs are cleared in place,
-so arrays held from ``net.params[...][i].diff`` stay valid.
+so arrays held from ``net.params[...][i].diff`` stay valid, and after an update they hold the step
+it subtracted, as Caffe's ``ComputeUpdateValue`` leaves them.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ class _LayerwiseSolver(NativeSolver):
 
     def _clear_diffs(self) -> None:
         self.view(self.net).clear_param_diffs()
+
+    def _apply_steps(self, steps: list[torch.Tensor]) -> None:
+        """As Caffe's ``ComputeUpdateValue`` leaves it, a parameter's diff holds the step the
+        update subtracted (scripts read ``|diff| / |data|`` after ``step``)."""
+        super()._apply_steps(steps)
+        with torch.no_grad():
+            for param, update in zip(self.params, steps, strict=True):
+                tensor = param.tensor
+                if isinstance(tensor, torch.nn.Parameter):
+                    if tensor.grad is None:
+                        tensor.grad = torch.zeros_like(tensor)
+                    tensor.grad.copy_(update)
 
 
 class Solver:

@@ -590,8 +590,12 @@ class Solver:
                 steps.append(self.rule.compute(diff, history, local_rate, self.iter))
             self._clip_weights()
             self._clamp_weights()
-            for param, update in zip(self.params, steps, strict=True):
-                param.tensor.sub_(update.to(param.tensor.dtype))
+            self._apply_steps(steps)
+
+    def _apply_steps(self, steps: list[torch.Tensor]) -> None:
+        """``Net::Update``: ``data -= step`` for each learnable blob."""
+        for param, update in zip(self.params, steps, strict=True):
+            param.tensor.sub_(update.to(param.tensor.dtype))
 
     def _clip_gradients(self, diffs: list[torch.Tensor]) -> None:
         clip = _f32(self.param.clip_gradients)
