@@ -68,7 +68,9 @@ class Layer:
 
 
 def _note(exc: BaseException, where: str) -> BaseException:
-    exc.add_note(f"(raised in {where})")
+    """The user's exception with a note naming the layer (Python 3.11+; unchanged before)."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"(raised in {where})")
     return exc
 
 
