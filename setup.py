@@ -11,7 +11,11 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["caffe_compat", "caffe_compat.*", "converters", "converters.*"]),
-    package_data={"caffe_compat.proto": ["caffe.proto"]},
+    # the `caffe` alias package is data: it is importable only from `caffe-compat pycaffe-path`
+    package_data={
+        "caffe_compat.proto": ["caffe.proto"],
+        "caffe_compat.pycaffe": ["alias/caffe/*.py", "alias/caffe/proto/*.py"],
+    },
     install_requires=[
         # 2.13.0 is what the README installs first (a local CPU wheel on our machines).
         "torch>=2.4,<2.14",
@@ -27,7 +31,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.5", "grpcio-tools>=1.81"],
+        "dev": ["pytest>=7", "ruff>=0.5", "grpcio-tools>=1.81", "pydot>=1.4"],
+        "draw": ["pydot>=1.4"],  # caffe.draw (rendering images also needs Graphviz's dot program)
         "leveldb": ["plyvel>=1.5"],  # Caffe's LevelDB backend for the Data layer
     },
     entry_points={"console_scripts": ["caffe-compat=caffe_compat.cli:main"]},

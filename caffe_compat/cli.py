@@ -48,6 +48,7 @@ FRONT_ENDS = (
     "caffe_compat.log.commands",
     "caffe_compat.eval.commands",
     "caffe_compat.demo",
+    "caffe_compat.pycaffe.commands",
 )
 
 

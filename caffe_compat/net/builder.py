@@ -56,15 +56,21 @@ def _is_source(cls: type[CaffeLayer]) -> bool:
     return cls.is_data or getattr(cls, "is_input", False)
 
 
-def _layer_class(layer: caffe_pb2.LayerParameter) -> type[CaffeLayer]:
-    """The module class of a layer; Caffe's ``Python`` type runs code named by the prototxt and is
-    refused (a prototxt from a stranger must not import and run modules)."""
+def _layer_class(layer: caffe_pb2.LayerParameter, allow_python_layers: bool = False) -> type[CaffeLayer]:
+    """The module class of a layer. Caffe's ``Python`` type imports and runs code the prototxt
+    names, so it is refused (a prototxt from a stranger must not run code) unless the caller opts
+    in with ``allow_python_layers`` (pycaffe's API does)."""
     if layer.type == "Python":
-        module, cls = layer.python_param.module or "?", layer.python_param.layer or "?"
-        raise LayerError(
-            f"{layer_label(layer)}: runs Python code (class '{cls}' of module '{module}'); Python "
-            "layers are refused because a prototxt must not run code it names"
-        )
+        if not allow_python_layers:
+            module, cls = layer.python_param.module or "?", layer.python_param.layer or "?"
+            raise LayerError(
+                f"{layer_label(layer)}: runs Python code (class '{cls}' of module '{module}'); Python "
+                "layers are refused because a prototxt must not run code it names; pass "
+                "allow_python_layers=True (CLI: --allow-python-layers) to run it"
+            )
+        from caffe_compat.pycaffe.python_layer import PythonLayer  # imported only on opt-in
+
+        return PythonLayer
     return layer_class(layer.type, layer.name)
 
 
@@ -135,11 +141,15 @@ def build(
     input_shapes: dict[str, Shape] | None = None,
     share_from: dict[str, CaffeLayer] | None = None,
     reserved_names: set[str] = frozenset(),
+    allow_python_layers: bool = False,
 ) -> BuiltNet:
-    """Set up every layer of a filtered net and build the fx graph returning every blob."""
+    """Set up every layer of a filtered net and build the fx graph returning every blob.
+
+    ``allow_python_layers`` opts in to Caffe's ``Python`` layers (they import and run the module
+    the prototxt names); without it they are refused."""
     input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
     built = BuiltNet()
-    classes = [_layer_class(layer) for layer in net.layer]
+    classes = [_layer_class(layer, allow_python_layers) for layer in net.layer]
     built.flow = analyse(net, [cls.default_loss_weight if cls.is_loss else 0.0 for cls in classes])
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -155,6 +165,8 @@ def build(
         except LayerError:
             raise
         except (ValueError, RuntimeError, TypeError, IndexError) as exc:
+            if getattr(cls, "user_code", False):  # a Python layer's own error, passed on unchanged
+                raise
             raise ctx.error(f"cannot be built: {exc}") from None
         module.caffe_name = layer.name
         if key == layer.name:  # only the last layer of a name is reached by name (ShareTrainedLayersWith)
@@ -207,6 +219,8 @@ def _top_shapes(
     except LayerError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        if getattr(module, "user_code", False):
+            raise
         shapes = ", ".join(str(list(s)) for s in bottom_shapes)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LayerError(f"{layer_label(layer)}: cannot run on bottoms of shape {shapes}: {first}") from None

@@ -48,6 +48,8 @@ class Net(nn.Module):
         input_shapes: shapes for inputs whose shape the prototxt cannot give (data layers).
         share_from: another Net (the solver's train net) whose same-named layers' blobs are shared.
         source_dir: the folder relative data paths fall back to (default: the prototxt's folder).
+        allow_python_layers: run Caffe's ``Python`` layers (they import and run the module the
+            prototxt names); refused by default.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class Net(nn.Module):
         input_shapes: dict[str, tuple[int, ...]] | None = None,
         share_from: Net | None = None,
         source_dir: str | os.PathLike | None = None,
+        allow_python_layers: bool = False,
     ) -> None:
         super().__init__()
         param = read_net(net)
@@ -76,6 +79,7 @@ class Net(nn.Module):
             input_shapes=input_shapes,
             share_from=share_from.layers if share_from is not None else None,
             reserved_names=reserved,
+            allow_python_layers=allow_python_layers,
         )
         for name, module in built.modules.items():
             self.add_module(built.module_names[name], module)

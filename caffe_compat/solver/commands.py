@@ -65,6 +65,14 @@ def _net_transform(args: argparse.Namespace):
     return net_transform(args.set, args.data_root)
 
 
+def _add_python_layers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-python-layers",
+        action="store_true",
+        help="run the net's Python layers (imports and runs the modules its python_param names)",
+    )
+
+
 def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=int, default=0, help="the NetState level")
     parser.add_argument("--stage", default="", help="NetState stages, separated by ','")
@@ -117,6 +125,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigint_effect", default="stop", choices=_EFFECTS, help="what Ctrl-C does")
     parser.add_argument("--sighup_effect", default="snapshot", choices=_EFFECTS, help="what SIGHUP does")
     parser.add_argument("--log", default=None, help="also write the log to this file")
+    _add_python_layers(parser)
     _add_device(parser)
     _add_state(parser)
     _add_overrides(parser)
@@ -201,6 +210,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 level=args.level,
                 stages=args.stage.split(","),
                 net_transform=_net_transform(args),
+                allow_python_layers=args.allow_python_layers,
             )
             handler = _SignalHandler(args.sigint_effect, args.sighup_effect)
             solver.action_request = handler.requested
@@ -230,6 +240,7 @@ def _add_test(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="the caffemodel to score")
     parser.add_argument("--iterations", type=int, default=50, help="number of batches")
     parser.add_argument("--log", default=None, help="also write the log to this file")
+    _add_python_layers(parser)
     _add_device(parser)
     _add_state(parser)
     _add_overrides(parser)
@@ -250,6 +261,7 @@ def _run_test(args: argparse.Namespace) -> int:
             args.level,
             args.stage.split(","),
             net_transform=_net_transform(args),
+            allow_python_layers=args.allow_python_layers,
         )
     finally:
         log.close()
@@ -265,6 +277,7 @@ def _add_time(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=50, help="number of forward-backward passes")
     parser.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST"), help="the net's phase")
     parser.add_argument("--log", default=None, help="also write the log to this file")
+    _add_python_layers(parser)
     _add_device(parser)
     _add_state(parser)
     _add_overrides(parser)
@@ -285,6 +298,7 @@ def _run_time(args: argparse.Namespace) -> int:
             args.level,
             args.stage.split(","),
             net_transform=_net_transform(args),
+            allow_python_layers=args.allow_python_layers,
         )
     finally:
         log.close()

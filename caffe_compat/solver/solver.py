@@ -96,6 +96,10 @@ class Solver:
         level, stages: set into the solver's ``train_state`` (``caffe train -level -stage``).
         net_transform: applied to every net read (``(net_param, phase) -> net_param``), e.g. the
             data-path overrides of ``caffe-compat train -set/--data-root``.
+        allow_python_layers: run Caffe's ``Python`` layers (they import and run the module the
+            prototxt names); refused by default.
+        solver_type: the update rule to use whatever the solver file says (``"SGD"``, ``"Adam"``
+            ...), as constructing pycaffe's ``caffe.AdamSolver`` does.
 
     Attributes:
         net: the train net. test_nets: the test nets. iter: updates done so far.
@@ -103,6 +107,8 @@ class Solver:
         history: the history blobs, in solverstate order.
         action_request: a callable returning a SolverAction (Caffe's ``SetActionFunction``).
         on_iteration: optional callback ``f(iter)`` after each iteration (progress bars).
+        callbacks: ``(on_start, on_gradients_ready)`` pairs (``add_callback``), called as Caffe's
+            ``Solver::Callback``: after the test at the start of an iteration, and before the update.
     """
 
     def __init__(
@@ -115,9 +121,12 @@ class Solver:
         level: int | None = None,
         stages: Sequence[str] = (),
         net_transform: Callable[[caffe_pb2.NetParameter, int], caffe_pb2.NetParameter] | None = None,
+        allow_python_layers: bool = False,
+        solver_type: str | None = None,
     ) -> None:
         self.log = log if log is not None else GlogWriter()
         self.net_transform = net_transform
+        self.allow_python_layers = allow_python_layers
         if isinstance(solver_path, caffe_pb2.SolverParameter):
             self.param = caffe_pb2.SolverParameter()
             self.param.CopyFrom(solver_path)
@@ -127,11 +136,15 @@ class Solver:
             is_file = isinstance(solver_path, os.PathLike) or os.path.isfile(str(solver_path))
             self.source = str(solver_path) if is_file else "<solver text>"
             self.solver_dir = Path(solver_path).resolve().parent if is_file else None
+        if solver_type is not None:
+            self.param.type = solver_type
+            self.param.ClearField("solver_type")
         if level is not None:
             self.param.train_state.level = level
         self.param.train_state.stage.extend(stages)
         self.action_request: Callable[[], SolverAction] | None = None
         self.on_iteration: Callable[[int], None] | None = None
+        self.callbacks: list[tuple[Callable[[], None], Callable[[], None]]] = []
         self.requested_early_exit = False
         self.log.info("Initializing solver from parameters: \n" + debug_string(self.param), "solver.cpp:44")
         self._check_param()
@@ -229,6 +242,7 @@ class Solver:
             stages=list(state.stage),
             share_from=share_from,
             source_dir=folder,
+            allow_python_layers=self.allow_python_layers,
         )
         log_net_setup(self.log, built)
         return built
@@ -342,6 +356,15 @@ class Solver:
                     snap.load_weights(net, name)
 
     # -- the loop ------------------------------------------------------------------------------
+    def add_callback(self, on_start: Callable[[], None], on_gradients_ready: Callable[[], None]) -> None:
+        """Caffe's ``add_callback``: ``on_start()`` after an iteration's test, before its forward
+        passes; ``on_gradients_ready()`` after its backward passes, before the update."""
+        self.callbacks.append((on_start, on_gradients_ready))
+
+    def _run_net(self, net: Net) -> dict[str, torch.Tensor]:
+        """One forward pass of a net (the test passes and the final pass of ``solve``)."""
+        return net()
+
     def _requested_action(self) -> SolverAction:
         if self.action_request is None:
             return SolverAction.NONE
@@ -417,6 +440,8 @@ class Solver:
                 self.test_all()
                 if self.requested_early_exit:
                     break
+            for on_start, _ in self.callbacks:
+                on_start()
             display = bool(p.display) and self.iter % p.display == 0
             debug = display and p.debug_info
             loss = _f32(0)
@@ -444,6 +469,8 @@ class Solver:
                 self._iterations_last = self.iter
                 values = {name: self.net.blobs[name].detach().cpu().numpy() for name in self.net.output_names}
                 self._log_outputs(self.net, values, "Train", "solver.cpp:243")
+            for _, on_gradients_ready in self.callbacks:
+                on_gradients_ready()
             self.apply_update()
             self.iter += 1
             request = self._requested_action()
@@ -475,7 +502,7 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0:
             with torch.no_grad():
-                loss = _f32(self.net.loss(self.net()).item())
+                loss = _f32(self.net.loss(self._run_net(self.net)).item())
             self._update_smoothed_loss(loss, self._loss_start_iter, p.average_loss)
             self.log.info(f"Iteration {self.iter}, loss = {format_number(self._smoothed)}", "solver.cpp:316")
         if p.test_interval and self.iter % p.test_interval == 0:
@@ -511,10 +538,10 @@ class Solver:
             with torch.no_grad():
                 if p.debug_info:
                     with DebugInfo(net, self.log) as info:
-                        outputs = net()
+                        outputs = self._run_net(net)
                         info.log_forward()
                 else:
-                    outputs = net()
+                    outputs = self._run_net(net)
                 iter_loss = _f32(net.loss(outputs).item()) if net.loss_weights else _f32(0)
             if p.test_compute_loss:
                 loss = _f32(loss + iter_loss)
@@ -563,8 +590,12 @@ class Solver:
                 steps.append(self.rule.compute(diff, history, local_rate, self.iter))
             self._clip_weights()
             self._clamp_weights()
-            for param, update in zip(self.params, steps, strict=True):
-                param.tensor.sub_(update.to(param.tensor.dtype))
+            self._apply_steps(steps)
+
+    def _apply_steps(self, steps: list[torch.Tensor]) -> None:
+        """``Net::Update``: ``data -= step`` for each learnable blob."""
+        for param, update in zip(self.params, steps, strict=True):
+            param.tensor.sub_(update.to(param.tensor.dtype))
 
     def _clip_gradients(self, diffs: list[torch.Tensor]) -> None:
         clip = _f32(self.param.clip_gradients)

@@ -43,14 +43,22 @@ def build_tool_net(
     level: int,
     stages: Sequence[str],
     net_transform: NetTransform | None,
+    allow_python_layers: bool = False,
 ) -> Net:
     """The net a tool runs: ``model`` in ``phase`` with the command line's overrides applied."""
     stages = [s for s in stages if s] or ()
     if net_transform is None:
-        return Net(model, phase=phase, level=level, stages=stages)
+        return Net(model, phase=phase, level=level, stages=stages, allow_python_layers=allow_python_layers)
     param = net_transform(read_net(model), caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST)
     folder = Path(model).resolve().parent if Path(str(model)).is_file() else None
-    return Net(param, phase=phase, level=level, stages=stages, source_dir=folder)
+    return Net(
+        param,
+        phase=phase,
+        level=level,
+        stages=stages,
+        source_dir=folder,
+        allow_python_layers=allow_python_layers,
+    )
 
 
 def score(
@@ -62,6 +70,7 @@ def score(
     level: int = 0,
     stages: Sequence[str] = (),
     net_transform: NetTransform | None = None,
+    allow_python_layers: bool = False,
 ) -> dict[str, np.ndarray]:
     """Caffe's ``caffe test``; returns each output's mean."""
     if iterations <= 0:
@@ -70,7 +79,7 @@ def score(
     log.info(
         "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index or 0}", "caffe.cpp:290"
     )
-    net = build_tool_net(model, "TEST", level, stages, net_transform)
+    net = build_tool_net(model, "TEST", level, stages, net_transform, allow_python_layers)
     with log.capture("caffe_compat"):
         load_weights(net, weights)
     net.to(device)
@@ -125,6 +134,7 @@ def benchmark(
     level: int = 0,
     stages: Sequence[str] = (),
     net_transform: NetTransform | None = None,
+    allow_python_layers: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """Caffe's ``caffe time``; returns layer -> (forward ms, backward ms) per iteration."""
     if iterations <= 0:
@@ -133,7 +143,7 @@ def benchmark(
     log.info(
         "Use CPU." if device.type == "cpu" else f"Use GPU with device ID {device.index or 0}", "caffe.cpp:367"
     )
-    net = build_tool_net(model, phase, level, stages, net_transform)
+    net = build_tool_net(model, phase, level, stages, net_transform, allow_python_layers)
     net.to(device)
     inputs = _zero_inputs(net, device)
 
