@@ -165,7 +165,8 @@ def sampling_check(rank: int, world: int, out: Path) -> None:
 
 
 def solver_check(rank: int, world: int, out: Path, kinds: list[str]) -> None:
-    """DistributedSolver with a MarginHead layer sharded by class, 10 iterations, per kind."""
+    """DistributedSolver with a MarginHead layer sharded by class, per kind: 10 iterations from
+    scratch, then 5 more resumed from the one-process snapshot of iteration 5."""
     from caffe_compat.distributed import DistributedSolver, Replicas
     from caffe_compat.distributed.sharded_layers import sharded_memory
     from caffe_compat.log.glog import GlogWriter
@@ -174,14 +175,16 @@ def solver_check(rank: int, world: int, out: Path, kinds: list[str]) -> None:
     memory = {}
     for kind in kinds:
         folder = out / kind
-        log = GlogWriter(stream=None, path=folder / "dist.log") if rank == 0 else None
-        solver = DistributedSolver(
-            folder / "solver_dist.prototxt", replicas=replicas, model_parallel=["head"], log=log
-        )
-        solver.solve()
-        memory[kind] = sharded_memory(solver.sharded)
-        if log is not None:
-            log.close()
+        for name, resume in (("dist", None), ("resumed", folder / "one_iter_5.solverstate")):
+            log = GlogWriter(stream=None, path=folder / f"{name}.log") if rank == 0 else None
+            solver = DistributedSolver(
+                folder / "solver_dist.prototxt", replicas=replicas, model_parallel=["head"], log=log
+            )
+            solver.param.snapshot_prefix = str(folder / name)
+            solver.solve(resume)
+            memory[kind] = sharded_memory(solver.sharded)
+            if log is not None:
+                log.close()
     torch.save(memory, out / f"solver_memory_{rank}.pt")
 
 

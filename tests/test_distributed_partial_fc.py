@@ -38,7 +38,7 @@ layer {{ name: "acc" type: "Accuracy" bottom: "logits" bottom: "label" top: "acc
 SOLVER = """net: "{net}"
 test_iter: 2 test_interval: 5 test_initialization: true
 base_lr: 0.2 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" clip_gradients: 0.5
-max_iter: 10 iter_size: 2 display: 1 random_seed: 5 solver_mode: CPU
+max_iter: 10 iter_size: 2 display: 1 random_seed: 5 solver_mode: CPU snapshot: 5
 snapshot_prefix: "{prefix}"
 """
 
@@ -70,6 +70,9 @@ def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "list.txt").write_text(f"{out / 'data.h5'}\n")
     for kind in SOLVER_KINDS:
         _write_case(out / kind, kind, out / "list.txt")
+        log = GlogWriter(stream=None, path=out / kind / "one.log")
+        Solver(out / kind / "solver_one.prototxt", log=log).solve()  # the reference, batch 8
+        log.close()
     mp.spawn(run, args=(WORLD, _free_port(), str(out), list(SOLVER_KINDS)), nprocs=WORLD, join=True)
     return out
 
@@ -114,37 +117,55 @@ def test_class_sampling_is_the_softmax_over_the_sampled_classes(spawned: Path) -
         assert rec["sampled"] == max(rec["kept"], rec["positives"]) and rec["labels_in_union"]
 
 
+def _blobs(path: Path) -> dict[str, list[np.ndarray]]:
+    return {layer.name: [blob_to_array(b) for b in layer.blobs] for layer in read_caffemodel(path).layer}
+
+
+def _same_run(ours: Path, reference: Path, iterations: range) -> None:
+    mine, theirs = parse_train_log(ours.read_text()), parse_train_log(reference.read_text())
+    assert sorted(mine.loss) == list(iterations)
+    for it in iterations:
+        assert mine.loss[it] == pytest.approx(theirs.loss[it], rel=1e-5), it
+    for it, outputs in mine.test.items():
+        assert outputs["acc"] == theirs.test[it]["acc"], it
+        assert outputs["loss"] == pytest.approx(theirs.test[it]["loss"], rel=1e-5), it
+
+
+def _same_weights(ours: Path, reference: Path) -> None:
+    mine, theirs = _blobs(ours), _blobs(reference)
+    assert [b.shape for b in mine["head"]] == [(CLASSES, D)]  # whole, gathered from the ranks
+    for name, blobs in theirs.items():
+        for a, b in zip(mine[name], blobs, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize("kind", list(SOLVER_KINDS))
 def test_margin_head_layer_sharded_by_the_solver(spawned: Path, kind: str) -> None:
+    """10 iterations (iter_size 2, clipping, tests at 0, 5, 10) equal the one-process run."""
     folder = spawned / kind
-    log = GlogWriter(stream=None, path=folder / "one.log")
-    Solver(folder / "solver_one.prototxt", log=log).solve()
-    log.close()
-    ours = parse_train_log((folder / "dist.log").read_text())
-    reference = parse_train_log((folder / "one.log").read_text())
-    assert sorted(ours.loss) == list(range(10))
-    for it, value in reference.loss.items():
-        assert ours.loss[it] == pytest.approx(value, rel=1e-5), it
-    assert ours.test.keys() == reference.test.keys() == {0, 5, 10}
-    for it, outputs in reference.test.items():
-        assert ours.test[it]["acc"] == outputs["acc"] and ours.test[it]["loss"] == pytest.approx(
-            outputs["loss"], rel=1e-5
-        )
+    _same_run(folder / "dist.log", folder / "one.log", range(10))
+    assert parse_train_log((folder / "dist.log").read_text()).test.keys() == {0, 5, 10}
     clipped = "Gradient clipping: scaling down gradients"
     assert (
         (folder / "dist.log").read_text().count(clipped)
         == (folder / "one.log").read_text().count(clipped)
         > 0
     )
-    mine = {
-        layer.name: [blob_to_array(b) for b in layer.blobs]
-        for layer in read_caffemodel(folder / "dist_iter_10.caffemodel").layer
-    }
-    theirs = {
-        layer.name: [blob_to_array(b) for b in layer.blobs]
-        for layer in read_caffemodel(folder / "one_iter_10.caffemodel").layer
-    }
-    assert [b.shape for b in mine["head"]] == [(CLASSES, D)]
-    for name, blobs in theirs.items():
-        for a, b in zip(mine[name], blobs, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+    _same_weights(folder / "dist_iter_10.caffemodel", folder / "one_iter_10.caffemodel")
+    _same_weights(folder / "dist_iter_5.caffemodel", folder / "one_iter_5.caffemodel")
+
+
+@pytest.mark.parametrize("kind", list(SOLVER_KINDS))
+def test_snapshots_move_between_one_process_and_sharded_runs(spawned: Path, kind: str) -> None:
+    """The sharded run resumed from the one-process snapshot of iteration 5 ends as the one-process
+    run; the one-process solver resumed from the sharded run's snapshot does too."""
+    folder = spawned / kind
+    _same_run(folder / "resumed.log", folder / "one.log", range(5, 10))
+    _same_weights(folder / "resumed_iter_10.caffemodel", folder / "one_iter_10.caffemodel")
+    log = GlogWriter(stream=None, path=folder / "back.log")
+    solver = Solver(folder / "solver_one.prototxt", log=log)
+    solver.param.snapshot_prefix = str(folder / "back")
+    solver.solve(folder / "dist_iter_5.solverstate")
+    log.close()
+    _same_run(folder / "back.log", folder / "one.log", range(5, 10))
+    _same_weights(folder / "back_iter_10.caffemodel", folder / "one_iter_10.caffemodel")

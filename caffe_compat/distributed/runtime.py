@@ -144,7 +144,7 @@ def _attempt_store(timeout: timedelta) -> dict:
 
 
 def shutdown() -> None:
-    """Leave the process group (after a barrier, so that no rank exits while another still talks)."""
+    """Leave the process group (a no-op when none was joined)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -108,10 +108,11 @@ class DistributedSolver(Solver):
         """Where host values travel: the GPU with NCCL, the CPU with gloo."""
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
-    def _nets_ready(self) -> None:
+    def _move_to_device(self) -> None:
+        """Shard the data and the classifiers first, so that only this rank's class blocks ever
+        reach its device."""
         r = self.replicas
-        nets = [self.net, *self.test_nets]
-        for net in nets:
+        for net in [self.net, *self.test_nets]:
             sharding.shard_data_layers(net, r.rank, r.world_size)
         self._share_data_seeds()
         if self.model_parallel:
@@ -120,6 +121,10 @@ class DistributedSolver(Solver):
             )
         elif self.sample_rate != 1.0:
             raise SolverError("sample_rate applies to class-sharded classifiers: name them in model_parallel")
+        super()._move_to_device()
+
+    def _nets_ready(self) -> None:
+        r = self.replicas
         self.ddp = self._wrap_train_net()
         self.log.info(
             f"Distributed training: rank {r.rank} of {r.world_size}, batch_size per rank, "
