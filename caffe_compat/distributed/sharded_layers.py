@@ -480,13 +480,15 @@ def replace_layer(net: Net, key: str, module: nn.Module) -> None:
 
 def _classifier(original: CaffeLayer, shard: ClassShard, shared: dict[str, Tensor], sample_rate: float):
     kind = getattr(original, "caffe_type", "")
+    if sample_rate != 1.0 and kind != "MarginHead":
+        raise _unsupported(
+            original, "class sampling (sample_rate < 1) applies to MarginHead classifiers only"
+        )
     if kind == "InnerProduct":
         return ShardedInnerProduct(original, shard, shared)
     if kind == "MarginInnerProduct":
         return ShardedMarginInnerProduct(original, shard, shared)
-    if kind == "MarginHead":
-        return ShardedMarginHead(original, shard, shared, sample_rate)
-    raise _unsupported(original, f"the classifier must be one of {', '.join(CLASSIFIERS)}")
+    return ShardedMarginHead(original, shard, shared, sample_rate)
 
 
 def _shard_net(
@@ -503,6 +505,8 @@ def _shard_net(
     for layer_param, key in zip(net.net_param.layer, keys, strict=True):
         original = net.layers[key]
         if key in names:
+            if getattr(original, "caffe_type", "") not in CLASSIFIERS:
+                raise _unsupported(original, f"the classifier must be one of {', '.join(CLASSIFIERS)}")
             count = original.caffe_blob_tensors()[0].shape[0] if original.caffe_blob_tensors() else 0
             try:
                 shard = ClassShard(count, replicas.rank, replicas.world_size, group)
