@@ -3,10 +3,11 @@
 For each world size the ranks (gloo over 127.0.0.1 on the CPU, one thread each; NCCL with
 ``--device cuda``) build ``PartialFC("mv-arc", dim, classes)``, run one untimed forward+backward,
 then ``--repeats`` timed ones (the global batch's loss, backward to the embeddings and the weight
-block) on a fixed per-rank batch. The table gives, per rank, the classes held, the bytes of the weight block and of
-the logits block, and the median step time; the ratios compare with one rank, which holds the
-whole classifier (with one rank the module is the one-process head). On one machine with fewer
-cores than ranks the times measure contention as much as the work: read the memory columns.
+block) on a fixed per-rank batch. The table gives, per rank, the classes held, the bytes of the
+weight block and of the logits block, and the median step time; the ratios compare with one
+rank, which holds the whole classifier (with one rank the module is the one-process head). On one
+machine with fewer cores than ranks the times measure contention as much as the work: read the
+memory columns.
 
     python benchmarks/bench_distributed.py [--quick] [--world 1 2] [--repeats 5] [--device cpu]
 """
