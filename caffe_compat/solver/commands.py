@@ -21,7 +21,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -129,6 +129,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     _add_device(parser)
     _add_state(parser)
     _add_overrides(parser)
+    from caffe_compat.distributed.launch import add_arguments
+
+    add_arguments(parser)
 
 
 class _SignalHandler:
@@ -192,18 +195,23 @@ def _progress(total: int) -> Iterator[tuple[Callable[[str], None] | None, Callab
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from caffe_compat.distributed.launch import train_job
     from caffe_compat.proto.io import read_solver
-    from caffe_compat.solver.solver import Solver, default_device
+    from caffe_compat.solver.solver import default_device
 
     if args.snapshot and args.weights:
         raise SolverError("give a snapshot to resume training or weights to finetune, but not both")
-    total = max(read_solver(args.solver).max_iter, 1)
-    with _progress(total) as (console, advance):
-        log = _writer(args, console)
+    solver_param = read_solver(args.solver)
+    total = max(solver_param.max_iter, 1)
+    with (
+        train_job(args, solver_param) as job,
+        _progress(total) if job.is_main else nullcontext((None, None)) as (console, advance),
+    ):
+        log = _writer(args, console) if job.is_main else job.quiet_log()
         try:
-            device = _device(args, log) or default_device(read_solver(args.solver))
+            device = job.device or _device(args, log) or default_device(solver_param)
             _log_device(log, device)
-            solver = Solver(
+            solver = job.make_solver(
                 args.solver,
                 log=log,
                 device=device,
@@ -215,9 +223,10 @@ def _run_train(args: argparse.Namespace) -> int:
             handler = _SignalHandler(args.sigint_effect, args.sighup_effect)
             solver.action_request = handler.requested
             solver.on_iteration = advance
-            if args.snapshot:
-                log.info(f"Resuming from {args.snapshot}", "caffe.cpp:243")
-                solver.restore(args.snapshot)
+            resume = job.resume_file(args.snapshot, solver)
+            if resume:
+                log.info(f"Resuming from {resume}", "caffe.cpp:243")
+                solver.restore(resume)
             elif args.weights:
                 solver.copy_weights(args.weights)
             if advance is not None:

@@ -155,6 +155,7 @@ class Solver:
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
         self._move_to_device()
+        self._nets_ready()
         self.log.info("Solver scaffolding done.", "solver.cpp:56")
         self.iter = 0
         self.current_step = 0
@@ -343,6 +344,28 @@ class Solver:
                         module.set_blob(spec.name, getattr(source, spec.name))
             test_net.to(self.device)
 
+    def _nets_ready(self) -> None:
+        """Hook: the nets are built and on their device, the solver's parameter list not yet taken
+        (the distributed solver shards data and classifiers and wraps the train net here)."""
+
+    def _replica_mean(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Hook: values this process computed (losses, outputs) combined over the replicas that
+        train together; one process has nothing to combine."""
+        return values
+
+    def _train_forward(self) -> dict[str, torch.Tensor]:
+        """Hook: one forward pass of the train net (the distributed solver runs it through DDP)."""
+        return self.net()
+
+    def _sum_of_squares(self, tensors: Sequence[torch.Tensor]) -> np.float32:
+        """The float32 sum of squares of the tensors' values, one tensor after another (the norms
+        of ClipGradients and ClipWeights); ``tensors`` are aligned with ``self.params``."""
+        sumsq = _f32(0)
+        for tensor in tensors:
+            values = tensor.detach().to(torch.float32)
+            sumsq = _f32(sumsq + _f32((values * values).sum().item()))
+        return sumsq
+
     def copy_weights(self, weights: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
         """Caffe's ``CopyLayers``: each caffemodel into the train net and every test net."""
         if isinstance(weights, (str, os.PathLike)):
@@ -375,7 +398,7 @@ class Solver:
         if info is not None:
             info.__enter__()
         try:
-            outputs = self.net()
+            outputs = self._train_forward()
             loss = self.net.loss(outputs)
             if info is not None:
                 info.log_forward()
@@ -448,6 +471,7 @@ class Solver:
             for _ in range(p.iter_size):
                 loss = _f32(loss + self._forward_backward(debug))
             loss = _f32(loss / _f32(p.iter_size))
+            loss = self._replica_mean({"loss": np.array(loss)})["loss"][()]
             if math.isnan(loss):
                 self.log.info(
                     f"Iteration {self.iter}, loss = {format_number(loss)}, ignore and continue.",
@@ -468,6 +492,7 @@ class Solver:
                 timer = time.perf_counter()
                 self._iterations_last = self.iter
                 values = {name: self.net.blobs[name].detach().cpu().numpy() for name in self.net.output_names}
+                values = self._replica_mean(values)
                 self._log_outputs(self.net, values, "Train", "solver.cpp:243")
             for _, on_gradients_ready in self.callbacks:
                 on_gradients_ready()
@@ -503,6 +528,7 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             with torch.no_grad():
                 loss = _f32(self.net.loss(self._run_net(self.net)).item())
+            loss = self._replica_mean({"loss": np.array(loss)})["loss"][()]
             self._update_smoothed_loss(loss, self._loss_start_iter, p.average_loss)
             self.log.info(f"Iteration {self.iter}, loss = {format_number(self._smoothed)}", "solver.cpp:316")
         if p.test_interval and self.iter % p.test_interval == 0:
@@ -551,10 +577,12 @@ class Solver:
         if self.requested_early_exit:
             self.log.info("Test interrupted.", "solver.cpp:375")
             return {}
-        if p.test_compute_loss:
-            loss = _f32(loss / _f32(iterations))
-            self.log.info(f"Test loss: {format_number(loss)}", "solver.cpp:380")
         means = {name: (score / _f32(iterations)).astype(np.float32) for name, score in scores.items()}
+        means = self._replica_mean({**means, "": np.array(_f32(loss / _f32(iterations)))})
+        if p.test_compute_loss:
+            loss = means[""][()]
+            self.log.info(f"Test loss: {format_number(loss)}", "solver.cpp:380")
+        del means[""]
         self._log_outputs(net, means, "Test", "solver.cpp:403")
         return means
 
@@ -601,10 +629,7 @@ class Solver:
         clip = _f32(self.param.clip_gradients)
         if clip < 0:
             return
-        sumsq = _f32(0)
-        for diff in diffs:
-            sumsq = _f32(sumsq + _f32((diff * diff).sum().item()))
-        norm = _f32(np.sqrt(sumsq))
+        norm = _f32(np.sqrt(self._sum_of_squares(diffs)))
         if norm > clip:
             scale = _f32(clip / norm)
             self.log.info(
@@ -619,11 +644,7 @@ class Solver:
         clip = _f32(self.param.clip_weights)
         if clip < 0:
             return
-        sumsq = _f32(0)
-        for param in self.params:
-            data = param.tensor.detach().to(torch.float32)
-            sumsq = _f32(sumsq + _f32((data * data).sum().item()))
-        norm = _f32(np.sqrt(sumsq))
+        norm = _f32(np.sqrt(self._sum_of_squares([param.tensor for param in self.params])))
         if norm > clip:
             scale = _f32(clip / norm)
             self.log.info(
