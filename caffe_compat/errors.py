@@ -33,3 +33,11 @@ class WeightsError(CaffeCompatError):
 
 class SolverError(CaffeCompatError):
     """A solver configuration Caffe would reject."""
+
+
+def name_file(exc: CaffeCompatError, label: str) -> CaffeCompatError:
+    """Prefix ``exc``'s message with ``label`` (a file name) unless the message names it already."""
+    message = str(exc)
+    if label and label not in message:
+        exc.args = (f"{label}: {message}", *exc.args[1:])
+    return exc

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from caffe_compat.errors import CaffemodelError
-from caffe_compat.proto.io import blob_shape, blob_to_array, read_caffemodel
+from caffe_compat.proto.io import blob_shape, blob_to_array, check_blob_shape, checked_file, read_caffemodel
 
 # Field numbers of caffe.proto (NetParameter, LayerParameter, BlobProto, BlobShape).
 _NET_LAYERS_V1, _NET_LAYER = 2, 100
@@ -249,13 +249,15 @@ class CaffemodelIndex:
         self.path = Path(path)
         self.layers: list[StoredLayer] = []
         self.streamed = False
-        if not self.path.is_file():
-            raise CaffemodelError(f"caffemodel file not found: {self.path}")
+        checked_file(self.path, "caffemodel")
         try:
             self._scan()
             self.streamed = True
         except _WireError:
             self._decode_fully()
+        for layer in self.layers:
+            for index, blob in enumerate(layer.blobs):
+                check_blob_shape(blob.shape, f"{self.path}: layer '{layer.name}' blob {index}")
 
     def _scan(self) -> None:
         if sys.byteorder != "little":

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import logging
+import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +33,7 @@ from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from caffe_compat.errors import CaffeCompatError, CaffemodelError, PrototxtError
+from caffe_compat.net.budget import MAX_BLOB_AXES, check_bytes
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.proto.known_forks import fork_defining
 
@@ -45,14 +49,52 @@ def _looks_like_path(text: str) -> bool:
     return _PATH_LIKE.match(text) is not None
 
 
+def checked_file(path: PathLike, kind: str) -> int:
+    """Check that ``path`` is a regular file (after following links) whose size fits the memory
+    budget, before it is opened; return its size.
+
+    A link to ``/dev/zero``, a FIFO or a directory would otherwise be read forever or hang, and a
+    sparse file of terabytes would be read into memory.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CaffeCompatError(f"{kind} {path}: is a symbolic link loop") from None
+        if os.path.islink(path):
+            target = os.readlink(path)
+            raise CaffeCompatError(
+                f"{kind} file not found: {path} (a symbolic link to '{target}', which does not exist)"
+            ) from None
+        if exc.errno == errno.ENOENT:
+            raise CaffeCompatError(f"{kind} file not found: {path}") from None
+        raise CaffeCompatError(f"cannot read {kind} {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = (
+            "a directory"
+            if stat.S_ISDIR(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "not a regular file"
+        )
+        link = f" (through the link to '{os.readlink(path)}')" if os.path.islink(path) else ""
+        raise CaffeCompatError(f"{kind} {path}: is {what}{link}, not a regular file")
+    check_bytes(info.st_size, f"{kind} {path}: reading its {info.st_size} bytes")
+    return info.st_size
+
+
 def _read_source(path_or_text: PathLike, kind: str) -> tuple[str, str]:
     """Return ``(text, source_name)`` for a path or for literal prototxt text."""
     if isinstance(path_or_text, os.PathLike) or (
         isinstance(path_or_text, str) and (os.path.isfile(path_or_text) or _looks_like_path(path_or_text))
     ):
         path = Path(path_or_text)
-        if not path.is_file():
-            raise CaffeCompatError(f"{kind} file not found: {path}")
+        checked_file(path, kind)
         try:
             return path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError as exc:
@@ -166,12 +208,28 @@ def _new_file_mode(target: Path) -> int:
     return 0o666 & ~umask
 
 
+def _fsync(path: PathLike) -> None:
+    """Flush a file's (or a folder's) data to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it is renamed onto ``path``.
+    """Yield a temporary path in ``path``'s folder; on success it is flushed to disk (fsync) and
+    renamed onto ``path``, and the folder is synced so the rename survives a crash.
 
     A failure (any exception) leaves the previous file (if any) untouched and no partial file
-    behind. The new file gets the mode a plain ``open(path, "w")`` would give.
+    behind; a process killed before the rename leaves the previous file untouched too (and a
+    hidden ``.NAME.*.tmp`` file). The new file gets the mode a plain ``open(path, "w")`` would give.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -185,7 +243,9 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp_name)
         os.chmod(tmp_name, _new_file_mode(target))
+        _fsync(tmp_name)
         os.replace(tmp_name, target)
+        _fsync(folder)
     except BaseException:
         try:
             os.unlink(tmp_name)
@@ -236,8 +296,7 @@ def read_solver(path_or_text: PathLike) -> caffe_pb2.SolverParameter:
 
 def read_binary(path: PathLike, kind: str) -> bytes:
     path = Path(path)
-    if not path.is_file():
-        raise CaffeCompatError(f"{kind} file not found: {path}")
+    checked_file(path, kind)
     data = path.read_bytes()
     if not data:
         raise CaffemodelError(f"{path}: file is empty (0 bytes), not a {kind}")
@@ -355,6 +414,16 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     return tuple(int(d) for d in blob.shape.dim)
 
 
+def check_blob_shape(shape: tuple[int, ...], source: str) -> int:
+    """Caffe's ``Blob::Reshape`` checks on a stored shape (at most 32 axes, no negative
+    dimension); returns its count (an exact integer: numpy's product would overflow)."""
+    if len(shape) > MAX_BLOB_AXES:
+        raise CaffemodelError(f"{source}: has {len(shape)} axes; Caffe allows at most {MAX_BLOB_AXES}")
+    if any(d < 0 for d in shape):
+        raise CaffemodelError(f"{source}: shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
+
+
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -420,8 +489,8 @@ def _blob_values(blob: caffe_pb2.BlobProto) -> np.ndarray:
 def blob_to_array(blob: caffe_pb2.BlobProto, source: str = "blob") -> np.ndarray:
     """Return a blob's data as a numpy array of its Caffe shape (float32, or float64 if stored so)."""
     shape = blob_shape(blob)
+    expected = check_blob_shape(shape, source)
     values = _blob_values(blob)
-    expected = int(np.prod(shape)) if shape else 1
     if values.size != expected:
         raise CaffemodelError(
             f"{source}: holds {values.size} values but its shape {list(shape)} needs {expected}"
