@@ -244,6 +244,8 @@ class ImageListSource:
         try:
             self.transformer.check(image.shape, f"image '{self.image_path(0)}'")
         except CaffeCompatError as exc:
+            if str(exc).startswith(f"{self.where}: "):  # the transformer's own (mean_file) error
+                raise
             raise CaffeCompatError(f"{self.where}: {exc} ({self.images.where(0)})") from None
         return self.transformer.output_shape(image.shape)
 

@@ -156,7 +156,8 @@ def _scan_blob(reader: _Reader, end: int) -> StoredBlob:
     while reader.tell() < end:
         number, wire = reader.key()
         if number in _BLOB_LEGACY and wire == _VARINT:
-            legacy[number] = reader.varint()
+            value = reader.varint() & 0xFFFFFFFF  # int32 fields: negatives are 64-bit two's complement
+            legacy[number] = value - (1 << 32) if value >= 1 << 31 else value
         elif number == _BLOB_SHAPE and wire == _LEN:
             length = reader.varint()
             dims = _scan_shape(reader.read(length))
@@ -257,7 +258,13 @@ class CaffemodelIndex:
             self._decode_fully()
         for layer in self.layers:
             for index, blob in enumerate(layer.blobs):
-                check_blob_shape(blob.shape, f"{self.path}: layer '{layer.name}' blob {index}")
+                where = f"{self.path}: layer '{layer.name}' blob {index}"
+                expected = check_blob_shape(blob.shape, where)
+                if blob.array is None and blob.count != expected:
+                    shape = list(blob.shape)
+                    raise CaffemodelError(
+                        f"{where}: holds {blob.count} values but its shape {shape} needs {expected}"
+                    )
 
     def _scan(self) -> None:
         if sys.byteorder != "little":

@@ -24,6 +24,7 @@ import os
 import re
 import stat
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -86,6 +87,17 @@ def checked_file(path: PathLike, kind: str) -> int:
         raise CaffeCompatError(f"{kind} {path}: is {what}{link}, not a regular file")
     check_bytes(info.st_size, f"{kind} {path}: reading its {info.st_size} bytes")
     return info.st_size
+
+
+def check_zip_members(path: str | os.PathLike, what: str) -> None:
+    """Check a zip archive's (``torch.save``'s format, ``.npz``) declared member sizes against the
+    memory budget before any is read (``what`` names the expected kind in the error)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CaffeCompatError(f"{path}: not {what} (not a zip archive: {exc})") from None
+    check_bytes(sum(m.file_size for m in members), f"{path}: unpacking its {len(members)} archive members")
 
 
 def _read_source(path_or_text: PathLike, kind: str) -> tuple[str, str]:

@@ -34,7 +34,6 @@ import io
 import os
 import pickle
 import re
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caffe_compat.errors import CaffeCompatError, SolverError
+from caffe_compat.errors import CaffeCompatError, SolverError, summary_line
 from caffe_compat.net.budget import check_bytes
 from caffe_compat.net.net import Net
 from caffe_compat.proto import caffe_pb2
@@ -50,6 +49,7 @@ from caffe_compat.proto.io import (
     array_to_blob,
     atomic_output,
     blob_to_array,
+    check_zip_members,
     checked_file,
     read_solverstate,
     write_bytes_atomic,
@@ -383,7 +383,7 @@ def load_data_states(net: Net, states: dict[str, dict], source: str) -> None:
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
             raise SolverError(
                 f"{source}: the cursor of data layer '{name}' does not fit the layer "
-                f"({type(exc).__name__}: {_first_line(exc)})"
+                f"({type(exc).__name__}: {summary_line(exc)})"
             ) from None
 
 
@@ -394,15 +394,6 @@ def write_side_file(path: str | os.PathLike, content: dict) -> None:
     buffer = io.BytesIO()
     torch.save(content, buffer)
     write_bytes_atomic(path, buffer.getvalue())
-
-
-def _first_line(exc: BaseException) -> str:
-    """The informative line of an exception's message (torch's are paragraphs)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(("Trying to load", "Unsupported", "WeightsUnpickler error")):
-            return line
-    return lines[0] if lines else type(exc).__name__
 
 
 def _is_plain(value: object, depth: int = 0) -> bool:
@@ -468,27 +459,20 @@ def check_side_content(content: object, source: str) -> dict:
     return content
 
 
-def _check_archive(path: str | os.PathLike) -> None:
-    """torch's files are zip archives: check the members' declared sizes before any is read."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise SolverError(f"{path}: not a caffe-compat side file (not a torch.save archive: {exc})") from None
-    check_bytes(sum(m.file_size for m in members), f"{path}: unpacking its {len(members)} archive members")
-
-
 def read_side_file(path: str | os.PathLike) -> dict:
     """Read a side file: tensors and plain values only (``weights_only``), layout checked."""
     checked_file(path, "side file")
-    _check_archive(path)
+    try:
+        check_zip_members(path, "a caffe-compat side file")
+    except CaffeCompatError as exc:
+        raise SolverError(str(exc)) from None
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise SolverError(
             f"{path}: refusing to load the side file: it holds more than tensors and plain values "
-            f"({_first_line(exc)})"
+            f"({summary_line(exc)})"
         ) from None
     except Exception as exc:  # noqa: BLE001  (torch raises many kinds for corrupt archives)
-        raise SolverError(f"{path}: cannot read the caffe-compat side file: {_first_line(exc)}") from None
+        raise SolverError(f"{path}: cannot read the caffe-compat side file: {summary_line(exc)}") from None
     return check_side_content(content, str(path))
