@@ -81,8 +81,11 @@ def worker_failure(where: str, exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if isinstance(exc, RuntimeError) and lines and lines[0].startswith("DataLoader worker"):
         return f"{where}: a data worker process died ({lines[0]}); its batch was not read"
-    last = lines[-1] if lines else type(exc).__name__
-    return f"{where}: a data worker failed while reading batch data: {type(exc).__name__}: {last}"
+    name = type(exc).__name__
+    last = lines[-1] if lines else name
+    if not last.startswith(f"{name}:"):  # torch ends the message with the worker's traceback
+        last = f"{name}: {last}"
+    return f"{where}: a data worker failed while reading batch data: {last}"
 
 
 class BatchLoader:

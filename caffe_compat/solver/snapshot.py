@@ -288,11 +288,27 @@ def _checked_state(state: SolverStateData, source: str) -> SolverStateData:
     return state
 
 
+def learned_net_path(state_path: str | os.PathLike, learned_net: str) -> Path:
+    """Where a solverstate's ``learned_net`` is. Caffe reads the name relative to the working
+    directory, but writes it next to the solverstate (both names come from one prefix), so the
+    caffemodel of that name beside the solverstate comes first; then the name as written
+    (relative to the working directory, then to the solverstate's folder); the name as written if
+    none exists."""
+    given = Path(learned_net)
+    if given.is_absolute():
+        return given
+    folder = Path(state_path).resolve().parent
+    for candidate in (folder / given.name, given, folder / given):
+        if candidate.exists():
+            return candidate
+    return given
+
+
 def latest_snapshot(prefix: str | os.PathLike) -> Path | None:
     """The solverstate of the newest complete snapshot set of ``prefix`` (None if there is none).
 
-    A set is complete when its solverstate reads and the weights it names (``learned_net``, found
-    as ``Solver.restore`` finds them) are a file; a side file present must belong to the same
+    A set is complete when its solverstate reads and the weights it names (``learned_net``) are a
+    file beside it (or at its absolute path); a side file present must belong to the same
     iteration. Sets are written solverstate last, so a run killed while snapshotting leaves an
     incomplete set that is skipped here.
     """
@@ -308,10 +324,10 @@ def latest_snapshot(prefix: str | os.PathLike) -> Path | None:
     for _, candidate in sorted(found, key=lambda item: item[0], reverse=True):
         try:
             state = read_state(candidate)
-            if state.learned_net:
+            if state.learned_net:  # a set's caffemodel lies beside its solverstate
                 learned = Path(state.learned_net)
-                if not learned.is_absolute() and not learned.exists():
-                    learned = candidate.parent / learned
+                if not learned.is_absolute():
+                    learned = candidate.parent / learned.name
                 checked_file(learned, "caffemodel")
             side = side_file_for(candidate)
             if side.exists() and read_side_file(side)["iter"] != state.iter:

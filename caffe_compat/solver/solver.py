@@ -726,7 +726,12 @@ class Solver:
                     f"{owner.label} has shape {list(mine.shape)} (a snapshot of another net?)"
                 )
         if state.learned_net:
-            learned = _resolve(state.learned_net, Path(path).resolve().parent, self.log, "learned_net")
+            learned = snap.learned_net_path(path, state.learned_net)
+            if str(learned) != state.learned_net:
+                self.log.info(
+                    f"learned_net '{state.learned_net}' not found in the working directory; using {learned}",
+                    "solver.cpp:0",
+                )
             try:
                 with self.log.capture("caffe_compat"):
                     snap.load_weights(self.net, learned)
