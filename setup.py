@@ -27,7 +27,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.5", "grpcio-tools>=1.81"],
+        "dev": ["pytest>=7", "ruff>=0.5", "grpcio-tools>=1.81", "hypothesis>=6.100"],
         "leveldb": ["plyvel>=1.5"],  # Caffe's LevelDB backend for the Data layer
     },
     entry_points={"console_scripts": ["caffe-compat=caffe_compat.cli:main"]},

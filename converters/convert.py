@@ -91,7 +91,7 @@ def _load_inputs(path: str) -> dict:
     import numpy as np
     import torch
 
-    from caffe_compat.errors import CaffeCompatError
+    from caffe_compat.errors import CaffeCompatError, summary_line
     from caffe_compat.export.errors import ExportError
     from caffe_compat.net.budget import check_bytes
     from caffe_compat.proto.io import checked_file
@@ -115,8 +115,10 @@ def _load_inputs(path: str) -> dict:
             return {key: torch.from_numpy(np.asarray(data[key], dtype=np.float32)) for key in data.files}
     except CaffeCompatError as exc:
         raise ExportError(str(exc)) from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ExportError(f"--inputs {path}: cannot read it as a .npz of arrays ({exc})") from None
+    except Exception as exc:  # noqa: BLE001  (zipfile, zlib and numpy raise many kinds for corrupt files)
+        raise ExportError(
+            f"--inputs {path}: cannot read it as a .npz of arrays ({summary_line(exc)})"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:

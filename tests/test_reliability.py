@@ -146,6 +146,12 @@ base_lr: 0.1 lr_policy: "fixed" max_iter: 2 display: 1 solver_mode: CPU
 """
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Solvers without a snapshot_prefix snapshot into the working directory after training."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _solver(text: str, **kwargs: object) -> tuple[Solver, list[str]]:
     log = GlogWriter(stream=None)
     log.lines = []

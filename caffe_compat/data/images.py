@@ -101,7 +101,10 @@ def decode_image(
         cv2.IMREAD_UNCHANGED if is_color is None else (cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     )
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, flag) if buffer.size else None
+    try:
+        image = cv2.imdecode(buffer, flag) if buffer.size else None
+    except cv2.error:  # OpenCV raises (rather than returns None) on some malformed headers
+        return None
     if image is None:
         return None
     if height > 0 and width > 0:

@@ -98,6 +98,8 @@ class _Reader:
         self.handle.seek(position)
 
     def read(self, count: int) -> bytes:
+        if count > self.size - self.handle.tell():  # a corrupt length: never allocate it
+            raise _WireError("field runs past the end of the file")
         data = self.handle.read(count)
         if len(data) != count:
             raise _WireError("truncated field")
@@ -224,7 +226,10 @@ def _scan_layer(reader: _Reader, end: int) -> StoredLayer:
     while reader.tell() < end:
         number, wire = reader.key()
         if number in (_LAYER_NAME, _LAYER_TYPE) and wire == _LEN:
-            text = reader.read(reader.varint()).decode("utf-8", errors="replace")
+            try:
+                text = reader.read(reader.varint()).decode("utf-8")
+            except UnicodeDecodeError:  # the full decode names the field
+                raise _WireError("a name that is not UTF-8") from None
             if number == _LAYER_NAME:
                 layer.name = text
             else:

@@ -95,7 +95,7 @@ def check_zip_members(path: str | os.PathLike, what: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  (zipfile raises many kinds for corrupt archives)
         raise CaffeCompatError(f"{path}: not {what} (not a zip archive: {exc})") from None
     check_bytes(sum(m.file_size for m in members), f"{path}: unpacking its {len(members)} archive members")
 
@@ -324,6 +324,33 @@ def _looks_like_text(data: bytes) -> bool:
     return any(ch in decoded for ch in "{:") and all(ch.isprintable() or ch.isspace() for ch in decoded)
 
 
+def _non_utf8_field(message: pb_message.Message, prefix: str = "") -> str | None:
+    """The first string field holding bytes that are not UTF-8 (protobuf parses them without
+    complaint and hands them back as ``bytes``), as a dotted path; None if there is none."""
+    for field, value in message.ListFields():
+        name = f"{prefix}{field.name}"
+        repeated = field.label == field.LABEL_REPEATED
+        values = list(value) if repeated else [value]
+        if field.type == field.TYPE_STRING:
+            for index, item in enumerate(values):
+                if isinstance(item, bytes):
+                    return f"{name}[{index}]" if repeated else name
+        elif field.type == field.TYPE_MESSAGE:
+            for index, item in enumerate(values):
+                found = _non_utf8_field(item, f"{name}[{index}]." if repeated else f"{name}.")
+                if found:
+                    return found
+    return None
+
+
+def check_utf8(message: M, path: PathLike, kind: str) -> M:
+    """Refuse a decoded message with a string field that is not UTF-8 text (a corrupt file)."""
+    found = _non_utf8_field(message)
+    if found:
+        raise CaffemodelError(f"{path}: corrupt {kind}: the text field '{found}' is not UTF-8")
+    return message
+
+
 def decode_message(data: bytes, message: M, path: PathLike, kind: str) -> M:
     if _looks_like_text(data):
         raise CaffemodelError(f"{path}: is a text file (prototxt?), not a binary {kind}")
@@ -334,7 +361,7 @@ def decode_message(data: bytes, message: M, path: PathLike, kind: str) -> M:
             f"{path}: cannot decode as a {kind} ({len(data)} bytes): the file is truncated, "
             f"corrupt or of another kind{_kind_hint(data, kind)}"
         ) from None
-    return message
+    return check_utf8(message, path, kind)
 
 
 def _weights_to_net(lite: caffe_pb2.WeightsNetParameter) -> caffe_pb2.NetParameter:
@@ -376,6 +403,7 @@ def read_caffemodel(path: PathLike) -> caffe_pb2.NetParameter:
     net = caffe_pb2.NetParameter()
     try:
         net.ParseFromString(data)
+        check_utf8(net, path, "caffemodel")
     except pb_message.DecodeError:
         lite = decode_message(data, caffe_pb2.WeightsNetParameter(), path, "caffemodel")
         logger.info("%s: layer parameters do not decode with our schema; read weights only", path)

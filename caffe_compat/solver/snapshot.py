@@ -271,6 +271,8 @@ def read_state(path: str | os.PathLike) -> SolverStateData:
                 history.append(_h5_array(group[str(i)], f"{source}: history blob {i}"))
         return _checked_state(SolverStateData(iteration, learned_net, current_step, history), source)
     proto = read_solverstate(path)
+    if isinstance(proto.learned_net, bytes):  # protobuf hands back a string that is not UTF-8 as bytes
+        raise SolverError(f"{source}: learned_net is not UTF-8 text: {proto.learned_net[:80]!r}")
     history = [blob_to_array(blob, f"{source}: history blob {i}") for i, blob in enumerate(proto.history)]
     return _checked_state(SolverStateData(proto.iter, proto.learned_net, proto.current_step, history), source)
 

@@ -760,6 +760,14 @@ def caffemodel_cases() -> None:
         caffemodel(layers),
         r"incompatible number of blobs for layer 'conv': the weights hold 1, the net's layer has 2",
     )
+    non_utf8 = caffemodel(good_layers(np.random.default_rng(1))).replace(
+        b"\x0a\x04conv", b"\x0a\x04c\xffnv", 1
+    )
+    cm_case(
+        "caffemodel-non-utf8-name",
+        non_utf8,
+        r"bad\.caffemodel: corrupt caffemodel: the text field 'layer\[0\]\.name' is not UTF-8",
+    )
     huge_length = length_delimited_header(100, 1 << 31) + b"\x0a\x04conv"
     cm_case("caffemodel-huge-length-prefix", huge_length, r"bad\.caffemodel: cannot decode as a caffemodel")
     # caffe.proto's messages cannot nest deeply; an unknown group can: 20000 levels of field 1
@@ -856,6 +864,11 @@ def solverstate_cases() -> None:
         "solverstate-history-huge-shape",
         solverstate_proto(history=[blob([1 << 31, 1 << 31]), blob([3], [0.0] * 3)]),
         r"bad\.solverstate: history blob 0: holds 0 values but its shape \[2147483648, 2147483648\] needs",
+    )
+    ss_case(
+        "solverstate-non-utf8-learned-net",
+        solverstate_proto().replace(b"snap_iter_1", b"snap\xfeiter_1", 1),
+        r"bad\.solverstate: corrupt solverstate: the text field 'learned_net' is not UTF-8",
     )
     ss_case(
         "solverstate-negative-iter", solverstate_proto(iter=-5), r"bad\.solverstate: iteration -5 is negative"
