@@ -31,7 +31,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.5", "grpcio-tools>=1.81", "pydot>=1.4"],
+        "dev": ["pytest>=7", "ruff>=0.5", "grpcio-tools>=1.81", "pydot>=1.4", "hypothesis>=6.100"],
         "draw": ["pydot>=1.4"],  # caffe.draw (rendering images also needs Graphviz's dot program)
         "leveldb": ["plyvel>=1.5"],  # Caffe's LevelDB backend for the Data layer
     },

@@ -113,6 +113,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"caffe-compat {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            f"caffe-compat {args.command}: error: out of memory (lower CAFFE_COMPAT_MEMORY_BUDGET "
+            "so that oversized inputs are refused before they are allocated)",
+            file=sys.stderr,
+        )
+        return 1
+    except RuntimeError as exc:
+        # torch's SIGCHLD handler raises this wherever the main thread is when a worker dies
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not first.startswith("DataLoader worker"):
+            raise
+        print(f"caffe-compat {args.command}: error: a data worker process died ({first})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -33,3 +33,21 @@ class WeightsError(CaffeCompatError):
 
 class SolverError(CaffeCompatError):
     """A solver configuration Caffe would reject."""
+
+
+def name_file(exc: CaffeCompatError, label: str) -> CaffeCompatError:
+    """Prefix ``exc``'s message with ``label`` (a file name) unless the message names it already."""
+    message = str(exc)
+    if label and label not in message:
+        exc.args = (f"{label}: {message}", *exc.args[1:])
+    return exc
+
+
+def summary_line(exc: BaseException) -> str:
+    """The informative line of a library's exception message (torch's are paragraphs whose first
+    line is boilerplate)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("Trying to load", "Unsupported", "WeightsUnpickler error")):
+            return line
+    return lines[0] if lines else type(exc).__name__

@@ -9,11 +9,11 @@ rename the layer); legacy 4-D blob shapes match a target shape padded with leadi
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from functools import partial
 
-import numpy as np
 import torch
 
 from caffe_compat.errors import WeightsError
@@ -36,7 +36,7 @@ def legacy_shape_equals(target: tuple[int, ...], blob: caffe_pb2.BlobProto) -> b
 
 def _shape_string(shape: Iterable[int]) -> str:
     shape = list(shape)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # exact: numpy's product overflows for a hostile file's shape
     return " ".join(str(d) for d in shape) + f" ({count})"
 
 

@@ -83,16 +83,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_inputs(path: str) -> dict:
+    """The arrays of a ``.npz`` (no pickled objects), each header's declared size checked against
+    the memory budget before its data is read."""
+    import math
+    import zipfile
+
     import numpy as np
     import torch
 
+    from caffe_compat.errors import CaffeCompatError, summary_line
     from caffe_compat.export.errors import ExportError
+    from caffe_compat.net.budget import check_bytes
+    from caffe_compat.proto.io import checked_file
 
     try:
+        checked_file(path, "--inputs")
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(handle)
+                key = member[:-4] if member.endswith(".npy") else member
+                what = f"--inputs {path}: array '{key}' (shape {list(shape)})"
+                check_bytes(math.prod(shape) * max(dtype.itemsize, 4), what)
         with np.load(path) as data:
             return {key: torch.from_numpy(np.asarray(data[key], dtype=np.float32)) for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"--inputs {path}: cannot read it as a .npz of arrays ({exc})") from None
+    except CaffeCompatError as exc:
+        raise ExportError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001  (zipfile, zlib and numpy raise many kinds for corrupt files)
+        raise ExportError(
+            f"--inputs {path}: cannot read it as a .npz of arrays ({summary_line(exc)})"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:

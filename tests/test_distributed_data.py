@@ -15,7 +15,7 @@ import torch
 
 import caffe_compat as cc
 from caffe_compat.distributed import data as sharding
-from caffe_compat.distributed.solver import latest_snapshot, layers_reaching_loss
+from caffe_compat.distributed.solver import layers_reaching_loss
 from caffe_compat.errors import LayerError
 
 HDF5 = """
@@ -142,7 +142,7 @@ def test_seeds_follow_the_one_process_draw_order(h5_files: Path) -> None:
     ]
 
 
-def test_layers_reaching_loss_and_latest_snapshot(tmp_path: Path) -> None:
+def test_layers_reaching_loss() -> None:
     net = cc.Net(
         """
         layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
@@ -153,14 +153,3 @@ def test_layers_reaching_loss_and_latest_snapshot(tmp_path: Path) -> None:
         """
     )
     assert layers_reaching_loss(net) == {"x", "y", "a", "loss"}  # not "b"
-    prefix = tmp_path / "snap"
-    assert latest_snapshot(prefix) is None
-    for it, files in (
-        (10, ("solverstate", "caffemodel", "caffe_compat.pt")),
-        (20, ("solverstate", "caffemodel")),
-    ):
-        for ext in files:
-            (tmp_path / f"snap_iter_{it}.{ext}").write_bytes(b"x")
-    assert latest_snapshot(prefix) == tmp_path / "snap_iter_10.solverstate"  # 20 lacks its side file
-    (tmp_path / "snap_iter_20.caffe_compat.pt").write_bytes(b"x")
-    assert latest_snapshot(prefix) == tmp_path / "snap_iter_20.solverstate"

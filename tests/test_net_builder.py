@@ -209,6 +209,9 @@ def test_python_layers_are_refused_without_importing_their_module(tmp_path, monk
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
 layer { name: "py" type: "Python" bottom: "x" top: "y" python_param { module: "hostile_layer" layer: "Boom" } }
 """
-    with pytest.raises(LayerError, match=r"layer 'py' \(Python\).*'Boom' of module 'hostile_layer'.*refused.*allow_python_layers=True"):
+    with pytest.raises(
+        LayerError,
+        match=r"layer 'py' \(Python\).*'Boom' of module 'hostile_layer'.*refused.*allow_python_layers=True",
+    ):
         cc.Net(prototxt)
     assert not marker.exists()

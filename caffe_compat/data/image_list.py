@@ -15,6 +15,8 @@ Rules followed:
 
 Deliberate deviations: a label that is not an integer, or a line without a space, is an error
 naming the line (Caffe's ``atoi`` reads 0); blank lines are skipped (Caffe would fail on them);
+with a ``root_folder``, an entry leading out of it through ``..`` is an error unless
+``CAFFE_COMPAT_ALLOW_PATH_ESCAPE=1``;
 the permutations and draws come from numpy generators seeded by ``(seed, ...)``, so the order of
 every pass and every random crop/mirror is a function of the seed and the stream position, not
 of Caffe's generator. Relative image paths resolve against the working directory at set-up, then
@@ -33,6 +35,11 @@ import torch
 from caffe_compat.data.images import ImageReadError, read_image
 from caffe_compat.data.transformer import DataTransformer, transform_into_batch
 from caffe_compat.errors import CaffeCompatError
+from caffe_compat.proto.io import checked_file
+
+#: Set to 1 to let image-list entries lead out of ``root_folder`` through ``..`` (Caffe allows it;
+#: a list from elsewhere could then read any image file on the machine into a batch).
+ALLOW_ESCAPE_ENV = "CAFFE_COMPAT_ALLOW_PATH_ESCAPE"
 
 # Stream tags that keep the independent random draws of one seed apart.
 _SHUFFLE, _SKIP, _BALANCE = 1, 2, 3
@@ -54,6 +61,8 @@ class ImageList:
 def read_list_text(path: Path, hint: str = "") -> str:
     """The text of an image list file; an error naming it (and ``hint``) when it cannot be read."""
     try:
+        if path.exists():
+            checked_file(path, "image list")  # a device, FIFO or oversized file is refused
         return path.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
@@ -109,6 +118,19 @@ def read_image_list(path: str | os.PathLike, hint: str = "") -> ImageList:
     return ImageList(path, names, np.asarray(labels, dtype=np.int64), np.asarray(lines, dtype=np.int64))
 
 
+def escapes(name: str) -> bool:
+    """Whether a relative path climbs above its starting folder through ``..`` components."""
+    depth = 0
+    for part in name.replace("\\", "/").split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
 def draw_skip(seed: int, rand_skip: int) -> int:
     """``rand_skip``'s draw: the entry the first pass starts at, in ``[0, rand_skip)``."""
     return int(np.random.default_rng([seed, _SKIP]).integers(rand_skip)) if rand_skip > 0 else 0
@@ -152,6 +174,14 @@ class ImageListSource:
     _weights: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.root_folder and os.environ.get(ALLOW_ESCAPE_ENV, "") != "1":
+            for index, name in enumerate(self.images.names):
+                if ".." in name and escapes(name):
+                    raise CaffeCompatError(
+                        f"{self.where}: {self.images.where(index)}: the path '{name}' leads out of "
+                        f"root_folder '{self.root_folder}' through '..' (set {ALLOW_ESCAPE_ENV}=1 to "
+                        "allow it)"
+                    )
         labels = self.images.labels
         if (self.balance or self.num_tops == 3) and labels.min() < 0:
             index = int(np.argmax(labels < 0))
@@ -225,6 +255,8 @@ class ImageListSource:
         try:
             self.transformer.check(image.shape, f"image '{self.image_path(0)}'")
         except CaffeCompatError as exc:
+            if str(exc).startswith(f"{self.where}: "):  # the transformer's own (mean_file) error
+                raise
             raise CaffeCompatError(f"{self.where}: {exc} ({self.images.where(0)})") from None
         return self.transformer.output_shape(image.shape)
 

@@ -17,13 +17,17 @@ file and an undecodable one give different errors.
 
 from __future__ import annotations
 
+import math
 import os
+import stat
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from caffe_compat.errors import CaffeCompatError
+from caffe_compat.net.budget import check_bytes
 from caffe_compat.proto import caffe_pb2
 
 
@@ -41,17 +45,66 @@ def _to_chw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
-def decode_image(data: bytes, is_color: bool | None, height: int = 0, width: int = 0) -> np.ndarray | None:
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` a PNG, JPEG or BMP header declares (None for other formats or a header
+    too short to tell), read without decoding, so a small file declaring a gigantic image is
+    refused before OpenCV allocates it."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(height), abs(width)
+    if data[:2] == b"\xff\xd8":
+        position = 2
+        while position + 4 <= len(data):
+            if data[position] != 0xFF:
+                return None
+            marker = data[position + 1]
+            if marker == 0xFF:  # fill byte
+                position += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+                position += 2
+                continue
+            (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                if position + 9 > len(data):
+                    return None
+                height, width = struct.unpack(">HH", data[position + 5 : position + 9])
+                return height, width
+            position += 2 + length
+    return None
+
+
+def check_declared_size(data: bytes, what: str) -> None:
+    """Refuse an image whose header declares more pixels than the memory budget holds (counting
+    4 bytes per pixel: up to four 8-bit channels)."""
+    size = header_size(data)
+    if size is not None:
+        height, width = size
+        check_bytes(height * width * 4, f"{what}: its header declares {width}x{height} pixels, which")
+
+
+def decode_image(
+    data: bytes, is_color: bool | None, height: int = 0, width: int = 0, what: str = "image"
+) -> np.ndarray | None:
     """Decode encoded image bytes to a ``(C, H, W)`` array (None if OpenCV cannot decode them).
 
     ``is_color`` True/False decodes in colour/grey; None keeps the stored channels and depth
     (``IMREAD_UNCHANGED``). ``height``/``width`` both positive resize bilinearly, as Caffe does.
+    The size the header declares is checked against the memory budget first (``what`` names the
+    image in that error).
     """
+    check_declared_size(data, what)
     flag = (
         cv2.IMREAD_UNCHANGED if is_color is None else (cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     )
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, flag) if buffer.size else None
+    try:
+        image = cv2.imdecode(buffer, flag) if buffer.size else None
+    except cv2.error:  # OpenCV raises (rather than returns None) on some malformed headers
+        return None
     if image is None:
         return None
     if height > 0 and width > 0:
@@ -66,11 +119,15 @@ def read_image(path: str | os.PathLike, height: int = 0, width: int = 0, is_colo
         ImageReadError: the file cannot be read (``missing``) or decoded.
     """
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageReadError(f"cannot read image '{path}' (not a regular file)", missing=False)
+        check_bytes(info.st_size, f"image '{path}': reading its {info.st_size} bytes")
         data = Path(path).read_bytes()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ImageReadError(f"cannot read image '{path}' ({reason})", missing=True) from None
-    image = decode_image(data, is_color, height, width)
+    image = decode_image(data, is_color, height, width, what=f"image '{path}'")
     if image is None:
         raise ImageReadError(
             f"cannot decode image '{path}' ({len(data)} bytes): not an image format OpenCV reads",
@@ -99,14 +156,14 @@ def datum_to_array(
         if force_color and force_gray:
             raise CaffeCompatError("transform_param: cannot set both force_color and force_gray")
         is_color = True if force_color else (False if force_gray else None)
-        image = decode_image(datum.data, is_color)
+        image = decode_image(datum.data, is_color, what=what)
         if image is None:
             raise CaffeCompatError(f"{what}: the encoded image ({len(datum.data)} bytes) cannot be decoded")
         return check_8bit(image, what)
     shape = (datum.channels, datum.height, datum.width)
     if min(shape) <= 0:
         raise CaffeCompatError(f"{what}: a raw Datum needs positive channels/height/width, got {list(shape)}")
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if datum.data:
         if len(datum.data) != count:
             raise CaffeCompatError(f"{what}: holds {len(datum.data)} bytes but {list(shape)} needs {count}")

@@ -75,6 +75,19 @@ class _CountFrom(Sampler[int]):
         return itertools.count(self.start)
 
 
+def worker_failure(where: str, exc: BaseException) -> str:
+    """One line for a batch worker that died (killed, out of memory) or raised an unexpected error
+    (torch re-raises it with the worker's traceback as a paragraph)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, RuntimeError) and lines and lines[0].startswith("DataLoader worker"):
+        return f"{where}: a data worker process died ({lines[0]}); its batch was not read"
+    name = type(exc).__name__
+    last = lines[-1] if lines else name
+    if not last.startswith(f"{name}:"):  # torch ends the message with the worker's traceback
+        last = f"{name}: {last}"
+    return f"{where}: a data worker failed while reading batch data: {last}"
+
+
 class BatchLoader:
     """Hands out a source's batches ``start, start + 1, ...`` in order.
 
@@ -112,7 +125,11 @@ class BatchLoader:
         else:
             if self._iterator is None:
                 self._iterator = self._start()
-            result = next(self._iterator)
+            try:
+                result = next(self._iterator)
+            except Exception as exc:  # noqa: BLE001  (a worker died, or failed outside our errors)
+                self.close()
+                raise LayerError(worker_failure(getattr(self.source, "where", "data layer"), exc)) from None
         if isinstance(result, _Failure):
             self.close()
             raise LayerError(result.message)

@@ -14,7 +14,8 @@ from caffe_compat.distributed.data import shard_data_layers
 from caffe_compat.distributed.partial_fc import PartialFC, sharded_cross_entropy
 from caffe_compat.distributed.runtime import Replicas, init_from_env, launched, pick_device, shutdown
 from caffe_compat.distributed.sharded_layers import shard_classifiers
-from caffe_compat.distributed.solver import DistributedSolver, latest_snapshot
+from caffe_compat.distributed.solver import DistributedSolver
+from caffe_compat.solver.snapshot import latest_snapshot
 
 __all__ = [
     "ClassShard",

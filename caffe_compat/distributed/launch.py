@@ -81,7 +81,7 @@ class TrainJob:
         """The solverstate to resume from: after a torchrun restart, the newest complete snapshot
         (else ``snapshot``, which may be empty)."""
         if self.restarts and solver.param.snapshot_prefix:
-            from caffe_compat.distributed.solver import latest_snapshot
+            from caffe_compat.solver.snapshot import latest_snapshot
 
             latest = latest_snapshot(solver.param.snapshot_prefix)
             if latest is not None:

@@ -29,7 +29,6 @@ import inspect
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -312,25 +311,3 @@ class DistributedSolver(Solver):
                 torch.cuda.set_rng_state_all(mine["cuda"])
         elif r.rank > 0:
             torch.manual_seed(self._seed_base + r.rank + self.iter)
-
-
-def latest_snapshot(prefix: str | os.PathLike) -> Path | None:
-    """The newest complete snapshot set of ``prefix``: the solverstate of the largest iteration
-    whose caffemodel and side file (written last) are present; None when there is none."""
-    prefix = Path(prefix)
-    folder = prefix.parent if str(prefix.parent) else Path(".")
-    stem = prefix.name + "_iter_"
-    found = []
-    if not folder.is_dir():
-        return None
-    for path in folder.iterdir():
-        name = path.name
-        for suffix, model in ((".solverstate", ".caffemodel"), (".solverstate.h5", ".caffemodel.h5")):
-            number = name[len(stem) : -len(suffix)] if name.startswith(stem) and name.endswith(suffix) else ""
-            if number.isdigit():
-                complete = (folder / f"{stem}{number}{model}").is_file() and snap.side_file_for(
-                    path
-                ).is_file()
-                if complete:
-                    found.append((int(number), path))
-    return max(found)[1] if found else None

@@ -301,6 +301,17 @@ def _culprits(flat: FlatNet, message: str) -> str:
     return f" in layer {described}"
 
 
+def _caffe_input_name(name: str, inputs: dict[str, torch.Tensor]) -> str:
+    """The Caffe blob an ONNX input feeds: the exporter renames an input that is also an output
+    (an in-place layer on an input blob: ``data`` -> ``data.1``)."""
+    if name in inputs:
+        return name
+    base, dot, suffix = name.rpartition(".")
+    if dot and suffix.isdigit() and base in inputs:
+        return base
+    raise ExportError(f"the ONNX file has an input '{name}' that the net does not have")
+
+
 def run(
     path: Path, inputs: dict[str, torch.Tensor], output_names: list[str] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -317,7 +328,9 @@ def run(
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feeds = {i.name: inputs[i.name].detach().cpu().numpy() for i in session.get_inputs()}
+    feeds = {
+        i.name: inputs[_caffe_input_name(i.name, inputs)].detach().cpu().numpy() for i in session.get_inputs()
+    }
     names = [o.name for o in session.get_outputs()]
     results = session.run(names, feeds)
     if output_names is not None and len(output_names) == len(names):

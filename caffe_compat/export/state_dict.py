@@ -12,17 +12,18 @@ installed. Loading a state dict into a Net lists every key or shape that does no
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from caffe_compat.errors import WeightsError
+from caffe_compat.errors import CaffeCompatError, WeightsError, summary_line
 from caffe_compat.export.build import net_for_weights
 from caffe_compat.export.caffemodel import MAX_LISTED, LoadReport
 from caffe_compat.export.errors import ExportError
 from caffe_compat.net.net import Net
-from caffe_compat.proto.io import format_text
+from caffe_compat.proto.io import check_zip_members, checked_file, format_text
 
 SAFETENSORS_HINT = "the safetensors package is not installed (pip install safetensors); use --to pt"
 
@@ -55,16 +56,29 @@ def write(net: Net, weights_path: Path, prototxt_path: Path, kind: str = "pt") -
 def read(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a ``.pt`` (memory-mapped, weights only) or ``.safetensors`` file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise WeightsError(f"weights file not found: {path}")
+    checked_file(path, "weights")
     if path.suffix == ".safetensors":
         module = _safetensors()
-        return dict(module.load_file(str(path)))  # type: ignore[attr-defined]
+        try:
+            return dict(module.load_file(str(path)))  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001  (safetensors' errors for corrupt headers)
+            raise WeightsError(f"{path}: not a safetensors file ({summary_line(exc)})") from None
+    try:
+        check_zip_members(path, "a PyTorch state dict saved with torch.save")
+    except CaffeCompatError as exc:
+        raise WeightsError(str(exc)) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"{path}: refusing to load: it holds more than tensors and plain values ({summary_line(exc)})"
+        ) from None
     except Exception as exc:  # noqa: BLE001  (torch raises many kinds for foreign or corrupt files)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a PyTorch state dict saved with torch.save ({first})") from None
+        raise WeightsError(
+            f"{path}: not a PyTorch state dict saved with torch.save ({summary_line(exc)})"
+        ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: does not hold a state dict (a mapping of names to tensors)")
     return dict(state)

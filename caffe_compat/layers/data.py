@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from caffe_compat.errors import LayerError
+from caffe_compat.errors import CaffeCompatError, LayerError
 from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
 from caffe_compat.layers.fillers import fill
 from caffe_compat.layers.registry import register
+from caffe_compat.net.budget import check_bytes
 from caffe_compat.proto import caffe_pb2
+from caffe_compat.proto.io import checked_file
 
 if TYPE_CHECKING:
     import h5py
@@ -126,7 +128,15 @@ layer { name: "data" type: "HDF5Data" top: "data" top: "label"
         if self._files is None:
             path = _resolve(self.source, self.net_dir)
             try:
+                if path.exists():
+                    checked_file(path, "HDF5 source list")
                 names = path.read_text().split()
+            except CaffeCompatError as exc:
+                raise self._error(str(exc)) from None
+            except UnicodeDecodeError:
+                raise self._error(
+                    f"the source list '{self.source}' is not text (it should list .h5 files, one a line)"
+                ) from None
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__
                 raise self._error(
@@ -143,7 +153,11 @@ layer { name: "data" type: "HDF5Data" top: "data" top: "label"
         name = self._files[index]
         path = _resolve(name, self.net_dir)
         try:
+            if path.exists():
+                checked_file(path, "HDF5 file")
             return h5py.File(path, "r")
+        except CaffeCompatError as exc:
+            raise self._error(f"{exc} (line {index + 1} of {self.source})") from None
         except OSError as exc:
             where = f"'{name}' (line {index + 1} of {self.source})"
             raise self._error(f"cannot open HDF5 file {where}: {exc}{'; ' + hint if hint else ''}") from None
@@ -189,10 +203,13 @@ layer { name: "data" type: "HDF5Data" top: "data" top: "label"
         """Load every top's dataset of one file (``LoadHDF5FileData``) and reset the row order."""
         index = self._file_order[file_index]
         with self._open(index) as handle:
-            rows = [
-                torch.from_numpy(np.asarray(self._dataset(handle, top, index)[()], dtype=np.float32))
-                for top in self.tops
-            ]
+            datasets = [self._dataset(handle, top, index) for top in self.tops]
+            needed = sum(d.size * (d.dtype.itemsize + 4) for d in datasets)  # as stored + float32
+            try:
+                check_bytes(needed, f"HDF5 file '{self._files[index]}': loading its datasets {self.tops}")
+            except CaffeCompatError as exc:
+                raise self._error(str(exc)) from None
+            rows = [torch.from_numpy(np.asarray(d[()], dtype=np.float32)) for d in datasets]
         num = rows[0].shape[0]
         for top, data in zip(self.tops, rows, strict=True):
             if data.shape[0] != num:

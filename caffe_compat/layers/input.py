@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
 from caffe_compat.layers.registry import register
+from caffe_compat.net.budget import MAX_BLOB_AXES
 from caffe_compat.proto import caffe_pb2
 
 
@@ -31,6 +32,11 @@ layer { name: "in" type: "Input" top: "x" top: "label"
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> Input:
         ctx.check_bottoms(0)
         shapes = [tuple(int(d) for d in s.dim) for s in layer.input_param.shape]
+        for shape in shapes:  # Blob::Reshape's checks
+            if len(shape) > MAX_BLOB_AXES:
+                raise ctx.error(f"a shape has {len(shape)} axes; Caffe allows at most {MAX_BLOB_AXES}")
+            if any(d < 0 for d in shape):
+                raise ctx.error(f"shape {list(shape)} has a negative dimension")
         num_tops = len(layer.top)
         if len(shapes) == 1 and num_tops > 1:
             shapes = shapes * num_tops

@@ -12,15 +12,17 @@ BatchNorm behaviour; build a TEST net (sharing blobs with ``share_from=train_net
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from torch import fx, nn
 
-from caffe_compat.errors import CaffeCompatError
+from caffe_compat.errors import CaffeCompatError, name_file
+from caffe_compat.net.budget import within_budget
 from caffe_compat.net.builder import ParamEntry, build, graph_module
 from caffe_compat.net.filter import filter_net, make_state
 from caffe_compat.proto import caffe_pb2
@@ -35,6 +37,21 @@ def _net_dir(net: object) -> Path | None:
     if isinstance(net, os.PathLike) or (isinstance(net, str) and os.path.isfile(net)):
         return Path(net).resolve().parent
     return None
+
+
+def _naming_the_file(init: Callable) -> Callable:
+    """Errors raised while a Net is built from a prototxt file name that file."""
+
+    @functools.wraps(init)
+    def wrapper(self: nn.Module, net: object, *args: object, **kwargs: object) -> None:
+        try:
+            init(self, net, *args, **kwargs)
+        except CaffeCompatError as exc:
+            if _net_dir(net) is not None:
+                name_file(exc, os.fspath(net))
+            raise
+
+    return wrapper
 
 
 class Net(nn.Module):
@@ -52,6 +69,8 @@ class Net(nn.Module):
             prototxt names); refused by default.
     """
 
+    @_naming_the_file
+    @within_budget
     def __init__(
         self,
         net: str | os.PathLike | caffe_pb2.NetParameter,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from caffe_compat.errors import CaffemodelError
-from caffe_compat.proto.io import blob_shape, blob_to_array, read_caffemodel
+from caffe_compat.proto.io import blob_shape, blob_to_array, check_blob_shape, checked_file, read_caffemodel
 
 # Field numbers of caffe.proto (NetParameter, LayerParameter, BlobProto, BlobShape).
 _NET_LAYERS_V1, _NET_LAYER = 2, 100
@@ -98,6 +98,8 @@ class _Reader:
         self.handle.seek(position)
 
     def read(self, count: int) -> bytes:
+        if count > self.size - self.handle.tell():  # a corrupt length: never allocate it
+            raise _WireError("field runs past the end of the file")
         data = self.handle.read(count)
         if len(data) != count:
             raise _WireError("truncated field")
@@ -156,7 +158,8 @@ def _scan_blob(reader: _Reader, end: int) -> StoredBlob:
     while reader.tell() < end:
         number, wire = reader.key()
         if number in _BLOB_LEGACY and wire == _VARINT:
-            legacy[number] = reader.varint()
+            value = reader.varint() & 0xFFFFFFFF  # int32 fields: negatives are 64-bit two's complement
+            legacy[number] = value - (1 << 32) if value >= 1 << 31 else value
         elif number == _BLOB_SHAPE and wire == _LEN:
             length = reader.varint()
             dims = _scan_shape(reader.read(length))
@@ -223,7 +226,10 @@ def _scan_layer(reader: _Reader, end: int) -> StoredLayer:
     while reader.tell() < end:
         number, wire = reader.key()
         if number in (_LAYER_NAME, _LAYER_TYPE) and wire == _LEN:
-            text = reader.read(reader.varint()).decode("utf-8", errors="replace")
+            try:
+                text = reader.read(reader.varint()).decode("utf-8")
+            except UnicodeDecodeError:  # the full decode names the field
+                raise _WireError("a name that is not UTF-8") from None
             if number == _LAYER_NAME:
                 layer.name = text
             else:
@@ -249,13 +255,21 @@ class CaffemodelIndex:
         self.path = Path(path)
         self.layers: list[StoredLayer] = []
         self.streamed = False
-        if not self.path.is_file():
-            raise CaffemodelError(f"caffemodel file not found: {self.path}")
+        checked_file(self.path, "caffemodel")
         try:
             self._scan()
             self.streamed = True
         except _WireError:
             self._decode_fully()
+        for layer in self.layers:
+            for index, blob in enumerate(layer.blobs):
+                where = f"{self.path}: layer '{layer.name}' blob {index}"
+                expected = check_blob_shape(blob.shape, where)
+                if blob.array is None and blob.count != expected:
+                    shape = list(blob.shape)
+                    raise CaffemodelError(
+                        f"{where}: holds {blob.count} values but its shape {shape} needs {expected}"
+                    )
 
     def _scan(self) -> None:
         if sys.byteorder != "little":

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import logging
+import math
 import os
 import re
+import stat
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +34,7 @@ from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from caffe_compat.errors import CaffeCompatError, CaffemodelError, PrototxtError
+from caffe_compat.net.budget import MAX_BLOB_AXES, check_bytes
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.proto.known_forks import fork_defining
 
@@ -45,14 +50,63 @@ def _looks_like_path(text: str) -> bool:
     return _PATH_LIKE.match(text) is not None
 
 
+def checked_file(path: PathLike, kind: str) -> int:
+    """Check that ``path`` is a regular file (after following links) whose size fits the memory
+    budget, before it is opened; return its size.
+
+    A link to ``/dev/zero``, a FIFO or a directory would otherwise be read forever or hang, and a
+    sparse file of terabytes would be read into memory.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CaffeCompatError(f"{kind} {path}: is a symbolic link loop") from None
+        if os.path.islink(path):
+            target = os.readlink(path)
+            raise CaffeCompatError(
+                f"{kind} file not found: {path} (a symbolic link to '{target}', which does not exist)"
+            ) from None
+        if exc.errno == errno.ENOENT:
+            raise CaffeCompatError(f"{kind} file not found: {path}") from None
+        raise CaffeCompatError(f"cannot read {kind} {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        what = (
+            "a directory"
+            if stat.S_ISDIR(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "not a regular file"
+        )
+        link = f" (through the link to '{os.readlink(path)}')" if os.path.islink(path) else ""
+        raise CaffeCompatError(f"{kind} {path}: is {what}{link}, not a regular file")
+    check_bytes(info.st_size, f"{kind} {path}: reading its {info.st_size} bytes")
+    return info.st_size
+
+
+def check_zip_members(path: str | os.PathLike, what: str) -> None:
+    """Check a zip archive's (``torch.save``'s format, ``.npz``) declared member sizes against the
+    memory budget before any is read (``what`` names the expected kind in the error)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except Exception as exc:  # noqa: BLE001  (zipfile raises many kinds for corrupt archives)
+        raise CaffeCompatError(f"{path}: not {what} (not a zip archive: {exc})") from None
+    check_bytes(sum(m.file_size for m in members), f"{path}: unpacking its {len(members)} archive members")
+
+
 def _read_source(path_or_text: PathLike, kind: str) -> tuple[str, str]:
     """Return ``(text, source_name)`` for a path or for literal prototxt text."""
     if isinstance(path_or_text, os.PathLike) or (
         isinstance(path_or_text, str) and (os.path.isfile(path_or_text) or _looks_like_path(path_or_text))
     ):
         path = Path(path_or_text)
-        if not path.is_file():
-            raise CaffeCompatError(f"{kind} file not found: {path}")
+        checked_file(path, kind)
         try:
             return path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError as exc:
@@ -166,12 +220,28 @@ def _new_file_mode(target: Path) -> int:
     return 0o666 & ~umask
 
 
+def _fsync(path: PathLike) -> None:
+    """Flush a file's (or a folder's) data to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it is renamed onto ``path``.
+    """Yield a temporary path in ``path``'s folder; on success it is flushed to disk (fsync) and
+    renamed onto ``path``, and the folder is synced so the rename survives a crash.
 
     A failure (any exception) leaves the previous file (if any) untouched and no partial file
-    behind. The new file gets the mode a plain ``open(path, "w")`` would give.
+    behind; a process killed before the rename leaves the previous file untouched too (and a
+    hidden ``.NAME.*.tmp`` file). The new file gets the mode a plain ``open(path, "w")`` would give.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -185,7 +255,9 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp_name)
         os.chmod(tmp_name, _new_file_mode(target))
+        _fsync(tmp_name)
         os.replace(tmp_name, target)
+        _fsync(folder)
     except BaseException:
         try:
             os.unlink(tmp_name)
@@ -236,8 +308,7 @@ def read_solver(path_or_text: PathLike) -> caffe_pb2.SolverParameter:
 
 def read_binary(path: PathLike, kind: str) -> bytes:
     path = Path(path)
-    if not path.is_file():
-        raise CaffeCompatError(f"{kind} file not found: {path}")
+    checked_file(path, kind)
     data = path.read_bytes()
     if not data:
         raise CaffemodelError(f"{path}: file is empty (0 bytes), not a {kind}")
@@ -253,6 +324,33 @@ def _looks_like_text(data: bytes) -> bool:
     return any(ch in decoded for ch in "{:") and all(ch.isprintable() or ch.isspace() for ch in decoded)
 
 
+def _non_utf8_field(message: pb_message.Message, prefix: str = "") -> str | None:
+    """The first string field holding bytes that are not UTF-8 (protobuf parses them without
+    complaint and hands them back as ``bytes``), as a dotted path; None if there is none."""
+    for field, value in message.ListFields():
+        name = f"{prefix}{field.name}"
+        repeated = field.label == field.LABEL_REPEATED
+        values = list(value) if repeated else [value]
+        if field.type == field.TYPE_STRING:
+            for index, item in enumerate(values):
+                if isinstance(item, bytes):
+                    return f"{name}[{index}]" if repeated else name
+        elif field.type == field.TYPE_MESSAGE:
+            for index, item in enumerate(values):
+                found = _non_utf8_field(item, f"{name}[{index}]." if repeated else f"{name}.")
+                if found:
+                    return found
+    return None
+
+
+def check_utf8(message: M, path: PathLike, kind: str) -> M:
+    """Refuse a decoded message with a string field that is not UTF-8 text (a corrupt file)."""
+    found = _non_utf8_field(message)
+    if found:
+        raise CaffemodelError(f"{path}: corrupt {kind}: the text field '{found}' is not UTF-8")
+    return message
+
+
 def decode_message(data: bytes, message: M, path: PathLike, kind: str) -> M:
     if _looks_like_text(data):
         raise CaffemodelError(f"{path}: is a text file (prototxt?), not a binary {kind}")
@@ -263,7 +361,7 @@ def decode_message(data: bytes, message: M, path: PathLike, kind: str) -> M:
             f"{path}: cannot decode as a {kind} ({len(data)} bytes): the file is truncated, "
             f"corrupt or of another kind{_kind_hint(data, kind)}"
         ) from None
-    return message
+    return check_utf8(message, path, kind)
 
 
 def _weights_to_net(lite: caffe_pb2.WeightsNetParameter) -> caffe_pb2.NetParameter:
@@ -305,6 +403,7 @@ def read_caffemodel(path: PathLike) -> caffe_pb2.NetParameter:
     net = caffe_pb2.NetParameter()
     try:
         net.ParseFromString(data)
+        check_utf8(net, path, "caffemodel")
     except pb_message.DecodeError:
         lite = decode_message(data, caffe_pb2.WeightsNetParameter(), path, "caffemodel")
         logger.info("%s: layer parameters do not decode with our schema; read weights only", path)
@@ -353,6 +452,16 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width"):
         return (blob.num, blob.channels, blob.height, blob.width)
     return tuple(int(d) for d in blob.shape.dim)
+
+
+def check_blob_shape(shape: tuple[int, ...], source: str) -> int:
+    """Caffe's ``Blob::Reshape`` checks on a stored shape (at most 32 axes, no negative
+    dimension); returns its count (an exact integer: numpy's product would overflow)."""
+    if len(shape) > MAX_BLOB_AXES:
+        raise CaffemodelError(f"{source}: has {len(shape)} axes; Caffe allows at most {MAX_BLOB_AXES}")
+    if any(d < 0 for d in shape):
+        raise CaffemodelError(f"{source}: shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -420,8 +529,8 @@ def _blob_values(blob: caffe_pb2.BlobProto) -> np.ndarray:
 def blob_to_array(blob: caffe_pb2.BlobProto, source: str = "blob") -> np.ndarray:
     """Return a blob's data as a numpy array of its Caffe shape (float32, or float64 if stored so)."""
     shape = blob_shape(blob)
+    expected = check_blob_shape(shape, source)
     values = _blob_values(blob)
-    expected = int(np.prod(shape)) if shape else 1
     if values.size != expected:
         raise CaffemodelError(
             f"{source}: holds {values.size} values but its shape {list(shape)} needs {expected}"

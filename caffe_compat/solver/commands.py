@@ -2,10 +2,13 @@
 
 ``COMMANDS`` maps a ``caffe-compat`` subcommand to ``(help, add_arguments(parser), run(args) -> int)``.
 
-- ``train -solver S [-weights W[,W2]] [-snapshot S.solverstate] [-sigint_effect ...] [-gpu ID]
-  [-log FILE]``: Caffe's ``caffe train`` (tools/caffe.cpp ``train``): the solver's ``train_state``
-  gets ``-level`` and the ``-stage`` list; ``-snapshot`` resumes, ``-weights`` finetunes (not both);
-  SIGINT stops (by default; ``snapshot_after_train`` then snapshots) and SIGHUP snapshots.
+- ``train -solver S [-weights W[,W2]] [-snapshot S.solverstate|latest] [-sigint_effect ...]
+  [-sighup_effect ...] [-nonfinite_effect skip|stop|none] [-gpu ID] [-log FILE]``: Caffe's ``caffe
+  train`` (tools/caffe.cpp ``train``): the solver's ``train_state`` gets ``-level`` and the ``-stage``
+  list; ``-snapshot`` resumes (``latest``: the newest complete set of the snapshot prefix),
+  ``-weights`` finetunes (not both); SIGINT stops (by default; ``snapshot_after_train`` then
+  snapshots) and SIGHUP snapshots; a NaN loss skips the update (the fork's rule) unless
+  ``-nonfinite_effect`` says otherwise.
 - ``test -model M -weights W -iterations N``: Caffe's ``caffe test``: per-batch outputs, the mean
   loss and each output's mean.
 - ``time -model M [-iterations N]``: Caffe's ``caffe time``: per-layer forward and backward times,
@@ -121,9 +124,21 @@ def _log_device(log: GlogWriter, device: torch.device) -> None:
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--solver", required=True, help="the solver prototxt")
     parser.add_argument("--weights", default="", help="caffemodel(s) to finetune from, separated by ','")
-    parser.add_argument("--snapshot", default="", help="a .solverstate (or .solverstate.h5) to resume from")
+    parser.add_argument(
+        "--snapshot",
+        default="",
+        help="a .solverstate (or .solverstate.h5) to resume from; 'latest': the newest complete snapshot "
+        "set of the solver's snapshot_prefix",
+    )
     parser.add_argument("--sigint_effect", default="stop", choices=_EFFECTS, help="what Ctrl-C does")
     parser.add_argument("--sighup_effect", default="snapshot", choices=_EFFECTS, help="what SIGHUP does")
+    parser.add_argument(
+        "--nonfinite_effect",
+        default="skip",
+        choices=("skip", "stop", "none"),
+        help="what a NaN or infinite loss does: skip the update on NaN (the AM-Softmax fork, default), "
+        "stop with an error, or none (update anyway, as BVLC Caffe); each is logged with its layer",
+    )
     parser.add_argument("--log", default=None, help="also write the log to this file")
     _add_python_layers(parser)
     _add_device(parser)
@@ -194,6 +209,19 @@ def _progress(total: int) -> Iterator[tuple[Callable[[str], None] | None, Callab
         bar.close()
 
 
+def _latest(solver: object) -> str:
+    """``-snapshot latest``: the newest complete snapshot set of the solver's prefix."""
+    from caffe_compat.solver.snapshot import latest_snapshot
+
+    prefix = solver.param.snapshot_prefix
+    if not prefix:
+        raise SolverError(f"{solver.source}: -snapshot latest needs a snapshot_prefix in the solver")
+    found = latest_snapshot(prefix)
+    if found is None:
+        raise SolverError(f"-snapshot latest: no complete snapshot set with prefix '{prefix}'")
+    return str(found)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from caffe_compat.distributed.launch import train_job
     from caffe_compat.proto.io import read_solver
@@ -219,10 +247,13 @@ def _run_train(args: argparse.Namespace) -> int:
                 stages=args.stage.split(","),
                 net_transform=_net_transform(args),
                 allow_python_layers=args.allow_python_layers,
+                nonfinite_effect=args.nonfinite_effect,
             )
             handler = _SignalHandler(args.sigint_effect, args.sighup_effect)
             solver.action_request = handler.requested
             solver.on_iteration = advance
+            if args.snapshot == "latest":
+                args.snapshot = _latest(solver)
             resume = job.resume_file(args.snapshot, solver)
             if resume:
                 log.info(f"Resuming from {resume}", "caffe.cpp:243")

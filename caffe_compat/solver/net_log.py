@@ -64,6 +64,39 @@ def log_net_setup(log: GlogWriter, net: Net) -> None:
     log.info("Network initialization done.", "net.cpp:255")
 
 
+def _finite(tensor: object) -> bool:
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        return True
+    return bool(torch.isfinite(tensor.detach()).all())
+
+
+def first_nonfinite(net: Net) -> str:
+    """Where the last forward pass first produced a NaN or an infinity, in net order: an input
+    blob, a layer's non-finite parameter blob, or a layer's top (an in-place top is named with the
+    layers that rewrote it, since only its last value is kept)."""
+    for name in net.input_names:
+        if not _finite(net.blobs.get(name)):
+            return f"input blob '{name}' holds NaN or infinite values"
+    seen: set[str] = set()
+    for name, layer in net.layer_params.items():
+        for index, blob in enumerate(net.layers[name].caffe_blob_tensors()):
+            if not _finite(blob):
+                return f"parameter blob {index} of layer '{name}' ({layer.type}) holds NaN or infinite values"
+        for top in layer.top:
+            if top in seen or top in layer.bottom:
+                continue
+            seen.add(top)
+            if not _finite(net.blobs.get(top)):
+                rewriters = [
+                    f"'{other}' ({param.type})"
+                    for other, param in net.layer_params.items()
+                    if other != name and top in param.top and top in param.bottom
+                ]
+                then = f", rewritten in place by {', '.join(rewriters)}" if rewriters else ""
+                return f"the first non-finite blob is '{top}', top of layer '{name}' ({layer.type}){then}"
+    return "no blob of the last forward pass is non-finite"
+
+
 def _abs_mean(tensor: torch.Tensor) -> np.float32:
     values = tensor.detach().to(torch.float32)
     return np.float32(values.abs().sum().item()) / np.float32(max(values.numel(), 1))

@@ -40,18 +40,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caffe_compat.errors import CaffeCompatError, SolverError
+from caffe_compat.errors import CaffeCompatError, SolverError, name_file
 from caffe_compat.log.glog import GlogWriter, format_number
 from caffe_compat.net.net import Net
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.proto.io import read_net, read_solver
 from caffe_compat.solver import snapshot as snap
 from caffe_compat.solver.lr_policy import check_lr_policy, learning_rate
-from caffe_compat.solver.net_log import DebugInfo, debug_string, log_net_setup
+from caffe_compat.solver.net_log import DebugInfo, debug_string, first_nonfinite, log_net_setup
 from caffe_compat.solver.param_groups import LearnableParam, learnable_params
 from caffe_compat.solver.updates import UpdateRule, make_rule, solver_type
 
 _f32 = np.float32
+
+
+#: What a NaN or infinite loss does: ``skip`` the update for NaN (the AM-Softmax fork's rule; an
+#: infinite loss is updated with, as in the fork), ``stop`` training with an error, or ``none``
+#: (BVLC Caffe: update whatever the loss). Each is logged with the layer the value came from.
+NONFINITE_EFFECTS = ("skip", "stop", "none")
 
 
 class SolverAction(enum.Enum):
@@ -100,6 +106,9 @@ class Solver:
             prototxt names); refused by default.
         solver_type: the update rule to use whatever the solver file says (``"SGD"``, ``"Adam"``
             ...), as constructing pycaffe's ``caffe.AdamSolver`` does.
+        nonfinite_effect: what a NaN or infinite loss does (``NONFINITE_EFFECTS``): ``skip``
+            (default, the fork's NaN skip), ``stop`` (a SolverError naming the iteration and the
+            layer) or ``none`` (update anyway, as BVLC Caffe).
 
     Attributes:
         net: the train net. test_nets: the test nets. iter: updates done so far.
@@ -123,7 +132,13 @@ class Solver:
         net_transform: Callable[[caffe_pb2.NetParameter, int], caffe_pb2.NetParameter] | None = None,
         allow_python_layers: bool = False,
         solver_type: str | None = None,
+        nonfinite_effect: str = "skip",
     ) -> None:
+        if nonfinite_effect not in NONFINITE_EFFECTS:
+            raise SolverError(
+                f"nonfinite_effect must be one of {', '.join(NONFINITE_EFFECTS)}, got {nonfinite_effect!r}"
+            )
+        self.nonfinite_effect = nonfinite_effect
         self.log = log if log is not None else GlogWriter()
         self.net_transform = net_transform
         self.allow_python_layers = allow_python_layers
@@ -234,17 +249,21 @@ class Solver:
         """Build a net in the merged NetState; a file keeps its folder for the data layers' paths."""
         level = state.level if state.HasField("level") else None
         folder = net.resolve().parent if isinstance(net, Path) else None
-        if self.net_transform is not None:
-            net = self.net_transform(read_net(net), state.phase)
-        built = Net(
-            net,
-            phase=state.phase,
-            level=level,
-            stages=list(state.stage),
-            share_from=share_from,
-            source_dir=folder,
-            allow_python_layers=self.allow_python_layers,
-        )
+        label = str(net) if isinstance(net, Path) else self.source
+        try:
+            if self.net_transform is not None:
+                net = self.net_transform(read_net(net), state.phase)
+            built = Net(
+                net,
+                phase=state.phase,
+                level=level,
+                stages=list(state.stage),
+                share_from=share_from,
+                source_dir=folder,
+                allow_python_layers=self.allow_python_layers,
+            )
+        except CaffeCompatError as exc:
+            raise name_file(exc, label) from None
         log_net_setup(self.log, built)
         return built
 
@@ -468,15 +487,23 @@ class Solver:
             display = bool(p.display) and self.iter % p.display == 0
             debug = display and p.debug_info
             loss = _f32(0)
+            culprit = ""
             for _ in range(p.iter_size):
-                loss = _f32(loss + self._forward_backward(debug))
+                pass_loss = self._forward_backward(debug)
+                if not culprit and not math.isfinite(pass_loss):
+                    culprit = first_nonfinite(self.net)
+                loss = _f32(loss + pass_loss)
             loss = _f32(loss / _f32(p.iter_size))
             loss = self._replica_mean({"loss": np.array(loss)})["loss"][()]
-            if math.isnan(loss):
+            skip = math.isnan(loss) and self.nonfinite_effect == "skip"
+            if skip:
                 self.log.info(
                     f"Iteration {self.iter}, loss = {format_number(loss)}, ignore and continue.",
                     "solver.cpp:214",
                 )
+            if not math.isfinite(loss):
+                self._report_nonfinite(loss, culprit)
+            if skip:
                 self.iter += 1
                 self._notify()
                 continue
@@ -505,6 +532,19 @@ class Solver:
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
                 break
+
+    def _report_nonfinite(self, loss: np.float32, culprit: str) -> None:
+        """Log a NaN or infinite loss with the layer it first came from; stop if so configured."""
+        what = f"Iteration {self.iter}: the loss is {format_number(loss)}; {culprit or 'cause unknown'}"
+        if self.nonfinite_effect == "stop":
+            self.log.error(f"{what}; stopping (nonfinite_effect: stop)", "solver.cpp:0")
+            raise SolverError(f"{self.source}: {what}; stopped (-nonfinite_effect stop)")
+        action = (
+            "the update is skipped (the fork's NaN rule)"
+            if self.nonfinite_effect == "skip" and math.isnan(loss)
+            else "the update is applied"
+        )
+        self.log.warning(f"{what}; {action}", "solver.cpp:0")
 
     def _notify(self) -> None:
         if self.on_iteration is not None:
@@ -680,6 +720,8 @@ class Solver:
             self.log.info(f"Snapshotting to binary proto file {model}", "solver.cpp:453")
         snap.write_net_snapshot(self.net, model, hdf5=hdf5, write_diff=p.snapshot_diff)
         state_name = snap.snapshot_filename(prefix, self.iter, ".solverstate.h5" if hdf5 else ".solverstate")
+        # the solverstate last: once it exists, its set is complete (snapshot.latest_snapshot)
+        snap.write_side_file(snap.side_file_for(state_name), self._side_state())
         if hdf5:
             self.log.info(f"Snapshotting solver state to HDF5 file {state_name}", "sgd_solver.cpp:371")
         else:
@@ -690,7 +732,6 @@ class Solver:
             self.iter, model, self.current_step, [h.detach().cpu().numpy() for h in self.history]
         )
         snap.write_state(state_name, state, hdf5=hdf5)
-        snap.write_side_file(snap.side_file_for(state_name), self._side_state())
         return model, state_name
 
     def _nets(self) -> dict[str, Net]:
@@ -737,7 +778,12 @@ class Solver:
                     f"{owner.label} has shape {list(mine.shape)} (a snapshot of another net?)"
                 )
         if state.learned_net:
-            learned = _resolve(state.learned_net, Path(path).resolve().parent, self.log, "learned_net")
+            learned = snap.learned_net_path(path, state.learned_net)
+            if str(learned) != state.learned_net:
+                self.log.info(
+                    f"learned_net '{state.learned_net}' not found in the working directory; using {learned}",
+                    "solver.cpp:0",
+                )
             try:
                 with self.log.capture("caffe_compat"):
                     snap.load_weights(self.net, learned)
@@ -771,9 +817,13 @@ class Solver:
             if key not in nets:
                 raise SolverError(f"{side}: holds data cursors for net '{key}' which this solver lacks")
             snap.load_data_states(nets[key], states, str(side))
-        torch.set_rng_state(content["rng"]["torch"])
-        if "cuda" in content["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(content["rng"]["cuda"])
+        try:
+            torch.set_rng_state(content["rng"]["torch"])
+            if "cuda" in content["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(content["rng"]["cuda"])
+        except (RuntimeError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SolverError(f"{side}: the generator state does not restore ({first})") from None
         losses = content["losses"]
         self._losses = [_f32(v) for v in losses["values"]]
         self._smoothed = _f32(losses["smoothed"])

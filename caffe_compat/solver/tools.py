@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caffe_compat.errors import CaffeCompatError
+from caffe_compat.errors import CaffeCompatError, name_file
 from caffe_compat.log.glog import GlogWriter, format_number
 from caffe_compat.net.net import Net
 from caffe_compat.proto import caffe_pb2
@@ -49,16 +49,19 @@ def build_tool_net(
     stages = [s for s in stages if s] or ()
     if net_transform is None:
         return Net(model, phase=phase, level=level, stages=stages, allow_python_layers=allow_python_layers)
-    param = net_transform(read_net(model), caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST)
-    folder = Path(model).resolve().parent if Path(str(model)).is_file() else None
-    return Net(
-        param,
-        phase=phase,
-        level=level,
-        stages=stages,
-        source_dir=folder,
-        allow_python_layers=allow_python_layers,
-    )
+    try:
+        param = net_transform(read_net(model), caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST)
+        folder = Path(model).resolve().parent if Path(str(model)).is_file() else None
+        return Net(
+            param,
+            phase=phase,
+            level=level,
+            stages=stages,
+            source_dir=folder,
+            allow_python_layers=allow_python_layers,
+        )
+    except CaffeCompatError as exc:
+        raise name_file(exc, os.fspath(model)) from None
 
 
 def score(
