@@ -329,7 +329,7 @@ def _non_utf8_field(message: pb_message.Message, prefix: str = "") -> str | None
     complaint and hands them back as ``bytes``), as a dotted path; None if there is none."""
     for field, value in message.ListFields():
         name = f"{prefix}{field.name}"
-        repeated = field.label == field.LABEL_REPEATED
+        repeated = field.is_repeated
         values = list(value) if repeated else [value]
         if field.type == field.TYPE_STRING:
             for index, item in enumerate(values):
