@@ -91,6 +91,31 @@ def test_train_cli_overrides_data_paths_of_the_original_config(
     assert "Test net output #0: accuracy" in log and "Optimization Done." in log
 
 
+def test_train_without_the_data_names_the_configs_windows_path_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    solver = str(AMSOFTMAX / "face_solver.prototxt")
+    assert main(["train", "-solver", solver]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (
+        f"caffe-compat train: error: {AMSOFTMAX / 'face_train_test.prototxt'}:16: layer 'data' (ImageData, "
+        "TRAIN): image_data_param.source is 'C:/datasets/CASIA-maxpy-clean-aligned-96/list.txt', a Windows "
+        "path written in the original config, and it does not exist here; map it to your copy of the data "
+        f"without editing the file: caffe-compat train -solver {solver} --data-root "
+        "C:/datasets/CASIA-maxpy-clean-aligned-96=/path/to/CASIA-maxpy-clean-aligned-96"
+    )
+    assert "input_shapes" not in err and str(tmp_path) not in err
+    # mapped to a folder that does not hold the data either: the mapped path and both ways to fix it
+    assert main(["train", "-solver", solver, "--data-root", f"C:/datasets={tmp_path / 'data'}"]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert f"source '{tmp_path / 'data'}/CASIA-maxpy-clean-aligned-96/list.txt' does not exist" in err
+    assert "--data-root OLD=NEW" in err and "-set TRAIN:data.image_data_param.source=" in err
+    # the same check before `time` and `test` read the data
+    assert main(["time", "-model", str(AMSOFTMAX / "face_train_test.prototxt")]) == 1
+    assert "a Windows path written in the original config" in capsys.readouterr().err
+
+
 def test_an_unqualified_key_naming_both_data_layers_is_an_error(
     tiny_faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
