@@ -44,13 +44,24 @@ def build_tool_net(
     stages: Sequence[str],
     net_transform: NetTransform | None,
 ) -> Net:
-    """The net a tool runs: ``model`` in ``phase`` with the command line's overrides applied."""
+    """The net a tool runs: ``model`` in ``phase`` with the command line's overrides applied.
+
+    Raises:
+        CaffeCompatError: the net has no layers (an empty prototxt), or none in this phase.
+    """
     stages = [s for s in stages if s] or ()
-    if net_transform is None:
-        return Net(model, phase=phase, level=level, stages=stages)
-    param = net_transform(read_net(model), caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST)
+    param = read_net(model)
+    if not param.layer:
+        raise CaffeCompatError(f"{model}: the net has no layers: nothing to run")
+    if net_transform is not None:
+        param = net_transform(param, caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST)
     folder = Path(model).resolve().parent if Path(str(model)).is_file() else None
-    return Net(param, phase=phase, level=level, stages=stages, source_dir=folder)
+    net = Net(param, phase=phase, level=level, stages=stages, source_dir=folder)
+    if not net.layers:
+        raise CaffeCompatError(
+            f"{model}: none of the net's {len(param.layer)} layers is in the {phase} phase"
+        )
+    return net
 
 
 def score(
