@@ -118,8 +118,10 @@ def _identifier(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _outputs_graph(net: Net) -> tuple[fx.GraphModule, dict[str, str]]:
-    """The net's layer graph returning only its outputs, with identifier placeholder names."""
+def outputs_graph(net: Net) -> tuple[fx.GraphModule, dict[str, str]]:
+    """The net's layer graph returning only its outputs (each intermediate blob is freed after its
+    last use), with identifier placeholder names: ``(module, blob name -> argument name)``. It calls
+    the net's own layer modules, so their hooks fire."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     arg_of: dict[str, str] = {}
@@ -552,7 +554,7 @@ def flatten(
     missing = [name for name in net.input_names if name not in inputs]
     if missing:
         raise ExportError(f"no example input for {missing}; the net's inputs are {net.input_names}")
-    outputs_module, arg_of = _outputs_graph(net)
+    outputs_module, arg_of = outputs_graph(net)
     by_arg = {arg_of[name]: inputs[name].clone() for name in net.input_names}
     tracer = _ValueTracer(by_arg, onnx_pooling)
     tracer.state_storages = {

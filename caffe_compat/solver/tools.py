@@ -122,6 +122,36 @@ def _zero_inputs(net: Net, device: torch.device) -> dict[str, torch.Tensor]:
     }
 
 
+def _forward_for_timing(net: Net) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """``inputs -> outputs`` for ``benchmark``: the net itself when it has a loss to back-propagate.
+
+    A net without a loss (a deploy net) has nothing to back-propagate (Caffe's Backward then does
+    no work): it runs without autograd through a graph returning only its outputs, so each blob
+    is freed after its last use instead of all being kept (``net.blobs``) with their autograd
+    state: the face deploy net at its declared batch of 100 peaks at ~1 GB instead of 5.8 GB.
+    The same layer modules run, so the per-layer hooks time them as before.
+    """
+    if net.loss_weights:
+        return lambda inputs: net(**inputs)
+    from caffe_compat.export.trace import outputs_graph
+
+    module, arg_of = outputs_graph(net)
+
+    def forward(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        given = dict(inputs)
+        for name in net.data_layer_names:  # data layers read their next batch, as in Net.forward
+            tops = list(net.layer_params[name].top)
+            batch = net.layers[name].next_batch()
+            batch = (batch,) if isinstance(batch, torch.Tensor) else batch
+            device = next(iter(inputs.values())).device if inputs else torch.device("cpu")
+            given.update({top: value.to(device) for top, value in zip(tops, batch, strict=True)})
+        with torch.no_grad():
+            outputs = module(**{arg_of[name]: given[name] for name in net.input_names})
+        return {name: outputs[name] if name in outputs else given[name] for name in net.output_names}
+
+    return forward
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -147,9 +177,10 @@ def benchmark(
     net = build_tool_net(model, phase, level, stages, net_transform)
     net.to(device)
     inputs = _zero_inputs(net, device)
+    forward = _forward_for_timing(net)
 
     log.info("Performing Forward", "caffe.cpp:375")
-    outputs = net(**inputs)
+    outputs = forward(inputs)
     loss = net.loss(outputs) if net.loss_weights else None
     log.info(
         f"Initial loss: {format_number(_f32(loss.item()) if loss is not None else 0.0)}", "caffe.cpp:380"
@@ -226,7 +257,7 @@ def benchmark(
             net.zero_grad(set_to_none=True)
             _sync(device)
             begin = time.perf_counter()
-            outputs = net(**inputs)
+            outputs = forward(inputs)
             loss = net.loss(outputs) if net.loss_weights else None
             _sync(device)
             middle = time.perf_counter()
