@@ -51,6 +51,30 @@ class ImageList:
         return f"line {int(self.lines[index])} of {self.path}"
 
 
+def read_list_text(path: Path, hint: str = "") -> str:
+    """The text of an image list file; an error naming it (and ``hint``) when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CaffeCompatError(
+            f"cannot read the image list '{path}' ({reason}){'; ' + hint if hint else ''}"
+        ) from None
+
+
+def resolve_image_path(root_folder: str, name: str, base_dirs: list[Path]) -> Path:
+    """``root_folder + name`` (joined as text, as Caffe does), tried against each base folder
+    when relative; the first candidate when none exists."""
+    joined = Path(root_folder + name)
+    if joined.is_absolute():
+        return joined
+    candidates = [base / joined for base in base_dirs]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return candidates[0] if candidates else joined
+
+
 def read_image_list(path: str | os.PathLike, hint: str = "") -> ImageList:
     """Parse a Caffe image list (``path label`` per line, split at the last space).
 
@@ -58,13 +82,7 @@ def read_image_list(path: str | os.PathLike, hint: str = "") -> ImageList:
         CaffeCompatError: the file cannot be read, is empty, or a line has no integer label.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise CaffeCompatError(
-            f"cannot read the image list '{path}' ({reason}){'; ' + hint if hint else ''}"
-        ) from None
+    text = read_list_text(path, hint)
     names: list[str] = []
     labels: list[int] = []
     lines: list[int] = []
@@ -185,14 +203,7 @@ class ImageListSource:
     def image_path(self, index: int) -> Path:
         """Where entry ``index`` is read from: ``root_folder + path`` (as text), tried against
         each base folder when relative; the first candidate when none exists."""
-        joined = Path(self.root_folder + self.images.names[index])
-        if joined.is_absolute():
-            return joined
-        candidates = [base / joined for base in self.base_dirs]
-        for candidate in candidates:
-            if candidate.exists():
-                return candidate
-        return candidates[0] if candidates else joined
+        return resolve_image_path(self.root_folder, self.images.names[index], self.base_dirs)
 
     def read(self, index: int) -> np.ndarray:
         """Entry ``index`` decoded and resized, ``(C, H, W)`` uint8; errors name the list line."""
@@ -217,6 +228,29 @@ class ImageListSource:
             raise CaffeCompatError(f"{self.where}: {exc} ({self.images.where(0)})") from None
         return self.transformer.output_shape(image.shape)
 
+    def transform_into(
+        self, data: np.ndarray | None, item: int, index: int, image: np.ndarray, position: int
+    ) -> np.ndarray:
+        """Transform entry ``index``'s ``image``, read at stream ``position``, into row ``item`` of
+        the batch ``data`` (allocated by the first); errors name the list line. Returns the batch."""
+        try:
+            return transform_into_batch(
+                self.transformer,
+                data,
+                item,
+                self.batch_size,
+                image,
+                self.seed,
+                position,
+                f"image '{self.image_path(index)}'",
+                "image",
+                "give new_height/new_width or a crop so the images agree",
+            )
+        except CaffeCompatError as exc:
+            if str(exc).startswith(self.where):
+                raise
+            raise CaffeCompatError(f"{self.where}: {exc} ({self.images.where(index)})") from None
+
     def class_weights(self) -> np.ndarray:
         """The fork's per-class weights (float32): mean images per class / images of the class."""
         labels = self.images.labels
@@ -237,25 +271,7 @@ class ImageListSource:
             position = start + item
             index = self.entry(position)
             entries.append(index)
-            image = self.read(index)
-            what = f"image '{self.image_path(index)}'"
-            try:
-                data = transform_into_batch(
-                    self.transformer,
-                    data,
-                    item,
-                    self.batch_size,
-                    image,
-                    self.seed,
-                    position,
-                    what,
-                    "image",
-                    "give new_height/new_width or a crop so the images agree",
-                )
-            except CaffeCompatError as exc:
-                if str(exc).startswith(self.where):
-                    raise
-                raise CaffeCompatError(f"{self.where}: {exc} ({self.images.where(index)})") from None
+            data = self.transform_into(data, item, index, self.read(index), position)
             labels[item] = self.images.labels[index]
         tops = [torch.from_numpy(data), torch.from_numpy(labels)]
         if self.num_tops == 3:

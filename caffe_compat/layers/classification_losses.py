@@ -20,12 +20,18 @@ from caffe_compat.layers.face.common import check_legacy, legacy_shape
 from caffe_compat.layers.loss import (
     _MODE_NAMES,
     FLT_MIN,
+    _check_label_count,
     _check_label_range,
     _count,
+    _ignore_label,
+    _label_positions,
     _legacy_normalization,
     _Loss,
     _loss_checks,
+    _loss_repr,
     _normalizer,
+    _SoftmaxLoss,
+    _used_labels,
 )
 from caffe_compat.layers.registry import register
 from caffe_compat.proto import caffe_pb2
@@ -42,13 +48,6 @@ layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } 
 """
 
 
-def _use_mask(labels: torch.Tensor, ignore_label: int | None) -> torch.Tensor:
-    """Positions whose label is not the ``ignore_label``."""
-    if ignore_label is None:
-        return torch.ones_like(labels, dtype=torch.bool)
-    return labels != ignore_label
-
-
 def _check_label_blob(ctx: BuildContext) -> None:
     """``CHECK_EQ(bottom[1]->channels(), 1)`` and the same for height and width (one label per
     image, read with the legacy accessors)."""
@@ -58,11 +57,17 @@ def _check_label_blob(ctx: BuildContext) -> None:
         raise ctx.error(f"the label bottom must have channels, height and width 1, got {list(label)}")
 
 
-def _per_image_labels(label: torch.Tensor, num: int, dim: int, where: str) -> torch.Tensor:
-    """``static_cast<int>(label[i])`` for the ``num`` images, each checked to lie in ``[0, dim)``."""
+def _per_image_labels(
+    layer: CaffeLayer, x: torch.Tensor, label: torch.Tensor
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """``(N, rows, labels)``: ``x`` viewed as ``(N, dim)`` rows and ``static_cast<int>(label[i])``
+    for the N images, each checked to lie in ``[0, dim)`` (errors name ``layer``)."""
+    num = x.shape[0]
+    rows = x.reshape(num, -1)
     labels = label.detach().reshape(-1)[:num].long()
-    _check_label_range(labels, torch.ones_like(labels, dtype=torch.bool), dim, where)
-    return labels
+    where = f"layer '{layer.caffe_name}' ({layer.caffe_type})"
+    _check_label_range(labels, torch.ones_like(labels, dtype=torch.bool), rows.shape[1], where)
+    return num, rows, labels
 
 
 # -- FocalLoss -----------------------------------------------------------------------------------
@@ -169,29 +174,17 @@ layer { name: "loss" type: "FocalLoss" bottom: "x" bottom: "label" top: "loss"
             raise ctx.error(f"alpha must be larger than zero, got {param.alpha}")
         shape = ctx.bottom_shapes[0]
         axis = canonical_axis(layer.softmax_param.axis, len(shape), ctx)
-        outer, inner = _count(shape, 0, axis), _count(shape, axis + 1)
-        if outer * inner != _count(ctx.bottom_shapes[1]):
-            raise ctx.error(
-                f"number of labels must match number of predictions: prediction shape {list(shape)} with "
-                f"softmax axis {axis} needs {outer * inner} labels, the label blob "
-                f"{list(ctx.bottom_shapes[1])} has {_count(ctx.bottom_shapes[1])}"
-            )
+        _check_label_count(ctx, shape, axis, "softmax")
         loss = layer.loss_param
-        ignore = loss.ignore_label if loss.HasField("ignore_label") else None
         mode = _legacy_normalization(loss, _Loss.VALID)
-        return cls(axis, param.alpha, param.gamma, param.type, ignore, mode)
+        return cls(axis, param.alpha, param.gamma, param.type, _ignore_label(loss), mode)
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return [()]
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape)
-        channels = shape[self.axis]
-        outer, inner = _count(shape, 0, self.axis), _count(shape, self.axis + 1)
-        labels = label.detach().reshape(outer, inner).long()
-        use = _use_mask(labels, self.ignore_label)
-        _check_label_range(labels, use, channels, f"layer '{self.caffe_name}' (FocalLoss)")
-        labels = torch.where(use, labels, 0)
+        channels, outer, inner, labels, use = _label_positions(x, label, self.axis, self.ignore_label)
+        labels = _used_labels(labels, use, channels, f"layer '{self.caffe_name}' (FocalLoss)")
         return _FocalLossFunction.apply(
             x.reshape(outer, channels, inner),
             labels,
@@ -210,9 +203,7 @@ layer { name: "loss" type: "FocalLoss" bottom: "x" bottom: "label" top: "loss"
             f"gamma={self.gamma}",
             f"normalization={_MODE_NAMES[self.normalization]}",
         ]
-        if self.ignore_label is not None:
-            parts.append(f"ignore_label={self.ignore_label}")
-        return ", ".join(p for p in parts if p)
+        return _loss_repr(parts, self.ignore_label)
 
 
 # -- HingeLoss -----------------------------------------------------------------------------------
@@ -252,10 +243,7 @@ class HingeLoss(CaffeLayer):
         return [()]
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        num = x.shape[0]
-        scores = x.reshape(num, -1)
-        dim = scores.shape[1]
-        labels = _per_image_labels(label, num, dim, f"layer '{self.caffe_name}' (HingeLoss)")
+        num, scores, labels = _per_image_labels(self, x, label)
         target = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
         t = torch.relu(1 + torch.where(target, -scores, scores))
         if self.norm == _Hinge.L2:
@@ -302,7 +290,7 @@ class _InfogainLossFunction(torch.autograd.Function):
 
 
 @register("InfogainLoss")
-class InfogainLoss(CaffeLayer):
+class InfogainLoss(_SoftmaxLoss):
     """Infogain loss over an internal softmax (infogain_loss_layer.cpp).
 
     ``p = softmax(x)`` over ``infogain_loss_param.axis`` (default 1, L classes); the L x L matrix H
@@ -337,11 +325,7 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
         infogain: torch.Tensor | None = None,
         num_tops: int = 1,
     ) -> None:
-        super().__init__()
-        self.axis = int(axis)
-        self.ignore_label = None if ignore_label is None else int(ignore_label)
-        self.normalization = int(normalization)
-        self.num_tops = int(num_tops)
+        super().__init__(axis, ignore_label, normalization, num_tops)
         self.register_buffer("infogain", infogain, persistent=False)
 
     @classmethod
@@ -355,13 +339,7 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
         shape = ctx.bottom_shapes[0]
         param = layer.infogain_loss_param
         axis = canonical_axis(param.axis, len(shape), ctx)
-        outer, inner = _count(shape, 0, axis), _count(shape, axis + 1)
-        if outer * inner != _count(ctx.bottom_shapes[1]):
-            raise ctx.error(
-                f"number of labels must match number of predictions: prediction shape {list(shape)} with "
-                f"infogain axis {axis} needs {outer * inner} labels, the label blob "
-                f"{list(ctx.bottom_shapes[1])} has {_count(ctx.bottom_shapes[1])}"
-            )
+        _check_label_count(ctx, shape, axis, "infogain")
         num_labels = shape[axis]
         infogain = None
         if len(ctx.bottom_shapes) == 3:
@@ -380,42 +358,23 @@ layer { name: "loss" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H
             raise ctx.error(
                 f"H must be {num_labels}x{num_labels} for {num_labels} classes, {where} has {h_count}"
             )
-        ignore = loss.ignore_label if loss.HasField("ignore_label") else None
-        return cls(axis, ignore, loss.normalization, infogain, len(layer.top))
-
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [(), tuple(bottom_shapes[0])][: self.num_tops]
+        return cls(axis, _ignore_label(loss), loss.normalization, infogain, len(layer.top))
 
     def forward(
         self, x: torch.Tensor, label: torch.Tensor, infogain: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         shape = tuple(x.shape)
         channels = shape[self.axis]
-        outer, inner = _count(shape, 0, self.axis), _count(shape, self.axis + 1)
         matrix = self.infogain if infogain is None else infogain
         if matrix is None:
             raise LayerError(f"layer '{self.caffe_name}' (InfogainLoss): H is neither a bottom nor loaded")
         matrix = matrix.detach().reshape(channels, channels).to(device=x.device, dtype=x.dtype)
-        labels = label.detach().reshape(outer, inner).long()
-        use = _use_mask(labels, self.ignore_label)
-        _check_label_range(labels, use, channels, f"layer '{self.caffe_name}' (InfogainLoss)")
-        labels = torch.where(use, labels, 0)
+        _, outer, inner, labels, use = _label_positions(x, label, self.axis, self.ignore_label)
+        labels = _used_labels(labels, use, channels, f"layer '{self.caffe_name}' (InfogainLoss)")
         loss, prob = _InfogainLossFunction.apply(
             x.reshape(outer, channels, inner), labels, use, matrix, self.normalization
         )
-        if self.num_tops == 1:
-            return loss
-        return loss, prob.reshape(shape)
-
-    def extra_repr(self) -> str:
-        parts = [
-            super().extra_repr(),
-            f"axis={self.axis}",
-            f"normalization={_MODE_NAMES[self.normalization]}",
-        ]
-        if self.ignore_label is not None:
-            parts.append(f"ignore_label={self.ignore_label}")
-        return ", ".join(p for p in parts if p)
+        return self._outputs(loss, prob, shape)
 
 
 # -- MultinomialLogisticLoss ---------------------------------------------------------------------
@@ -473,11 +432,7 @@ class MultinomialLogisticLoss(CaffeLayer):
         return [()]
 
     def forward(self, prob: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        num = prob.shape[0]
-        flat = prob.reshape(num, -1)
-        labels = _per_image_labels(
-            label, num, flat.shape[1], f"layer '{self.caffe_name}' (MultinomialLogisticLoss)"
-        )
+        _, flat, labels = _per_image_labels(self, prob, label)
         return _MultinomialLogisticFunction.apply(flat, labels)
 
 
@@ -541,11 +496,7 @@ class ConfidencePenaltyLoss(CaffeLayer):
         return [()]
 
     def forward(self, prob: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        num = prob.shape[0]
-        flat = prob.reshape(num, -1)
-        labels = _per_image_labels(
-            label, num, flat.shape[1], f"layer '{self.caffe_name}' (ConfidencePenaltyLoss)"
-        )
+        num, flat, labels = _per_image_labels(self, prob, label)
         # beta / (N - 1) in floating point: +inf for a batch of one, as in Caffe
         other = torch.tensor(self.beta, dtype=prob.dtype) / (num - 1.0)
         target = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)

@@ -14,6 +14,7 @@ import torch
 from caffe_compat.errors import LayerError
 from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
 from caffe_compat.layers.registry import register
+from caffe_compat.layers.shape import _check_coeffs
 from caffe_compat.proto import caffe_pb2
 
 _Pairwise = caffe_pb2.PairwiseParameter
@@ -148,13 +149,7 @@ layer { name: "pairwise" type: "Pairwise" bottom: "a" bottom: "b" top: "y"
         ctx.check_tops(1)
         param = layer.pairwise_param
         operation = _Pairwise.PairwiseOp.Name(param.operation)
-        if param.coeff and len(param.coeff) != len(layer.bottom):
-            raise ctx.error(
-                f"takes one coefficient per bottom blob: {len(param.coeff)} coeff for "
-                f"{len(layer.bottom)} bottoms"
-            )
-        if param.coeff and operation == "PROD":
-            raise ctx.error("only takes coefficients for summation (operation SUM), not PROD")
+        _check_coeffs(ctx, param.coeff, operation, len(layer.bottom))
         for index, shape in enumerate(ctx.bottom_shapes):
             _check_legacy(ctx, shape, f"bottom {index}")
             if math.prod(shape[2:]) != 1:

@@ -10,6 +10,8 @@ eagerly and refuse to be traced for export with an ``ExportError`` naming the la
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +20,8 @@ from caffe_compat.errors import LayerError
 from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
 from caffe_compat.layers.registry import register
 from caffe_compat.proto import caffe_pb2
+
+_L = TypeVar("_L", bound=CaffeLayer)
 
 #: ``-FLT_MAX``, the start value of Caffe's max pooling.
 NEG_FLT_MAX = -3.4028234663852886e38
@@ -55,6 +59,18 @@ def _rois_rows(rois: torch.Tensor, what: str, layer: _DetectionLayer) -> torch.T
             f"{what} must have shape (R, 5) = (batch index, x1, y1, x2, y2), got {list(rois.shape)}"
         )
     return rois.detach().reshape(rois.shape[0], 5)
+
+
+def _built(layer: caffe_pb2.LayerParameter, ctx: BuildContext, make: Callable[[], _L]) -> _L:
+    """The module ``make()`` builds (its ``LayerError`` reported as a build error), named after
+    ``layer`` and checked once against the build-time bottom shapes."""
+    try:
+        module = make()
+    except LayerError as exc:
+        raise ctx.error(str(exc)) from None
+    module.caffe_name = layer.name
+    module.top_shapes(list(ctx.bottom_shapes))
+    return module
 
 
 def _check_batch_index(batch: torch.Tensor, num: int, layer: _DetectionLayer) -> None:
@@ -104,13 +120,7 @@ layer { name: "roi" type: "ROIPooling" bottom: "x" bottom: "rois" top: "y"
         ctx.check_bottoms(2)
         ctx.check_tops(1)
         p = layer.roi_pooling_param
-        try:
-            module = cls((p.pooled_h, p.pooled_w), p.spatial_scale)
-        except LayerError as exc:
-            raise ctx.error(str(exc)) from None
-        module.caffe_name = layer.name
-        module.top_shapes(list(ctx.bottom_shapes))
-        return module
+        return _built(layer, ctx, lambda: cls((p.pooled_h, p.pooled_w), p.spatial_scale))
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
         x, rois = bottom_shapes[0], bottom_shapes[1]
@@ -235,6 +245,7 @@ class PSROIPooling(_DetectionLayer):
     """
 
     family = "detection"
+    fork_gpu_only = True
 
     example = """
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 8 dim: 6 dim: 7 } } }
@@ -261,13 +272,7 @@ layer { name: "psroi" type: "PSROIPooling" bottom: "x" bottom: "rois" top: "y"
         missing = [name for name in ("spatial_scale", "output_dim", "group_size") if not p.HasField(name)]
         if missing:
             raise ctx.error(f"psroi_pooling_param needs {', '.join(missing)} (required fields)")
-        try:
-            module = cls(p.output_dim, p.group_size, p.spatial_scale)
-        except LayerError as exc:
-            raise ctx.error(str(exc)) from None
-        module.caffe_name = layer.name
-        module.top_shapes(list(ctx.bottom_shapes))
-        return module
+        return _built(layer, ctx, lambda: cls(p.output_dim, p.group_size, p.spatial_scale))
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
         x, rois = bottom_shapes[0], bottom_shapes[1]
@@ -472,8 +477,10 @@ layer { name: "prop" type: "Proposal" bottom: "score" bottom: "bbox" bottom: "im
         ctx.check_bottoms(3)
         ctx.check_tops(1, 2)
         p = layer.proposal_param
-        try:
-            module = cls(
+        return _built(
+            layer,
+            ctx,
+            lambda: cls(
                 list(p.ratio),
                 list(p.scale),
                 p.base_size,
@@ -483,12 +490,8 @@ layer { name: "prop" type: "Proposal" bottom: "score" bottom: "bbox" bottom: "im
                 p.post_nms_topn,
                 p.nms_thresh,
                 len(layer.top) == 2,
-            )
-        except LayerError as exc:
-            raise ctx.error(str(exc)) from None
-        module.caffe_name = layer.name
-        module.top_shapes(list(ctx.bottom_shapes))
-        return module
+            ),
+        )
 
     @property
     def num_anchors(self) -> int:
@@ -765,13 +768,8 @@ layer { name: "hot" type: "Hotspot" bottom: "points" top: "maps"
             if len(other) != 4:
                 raise ctx.error(f"the second bottom must be (N, C, H, W), got {list(other)}")
             size = (other[2], other[3])
-        try:
-            module = cls(size, (p.data_height, p.data_width), p.gaussian_std, p.mean_removed)
-        except LayerError as exc:
-            raise ctx.error(str(exc)) from None
-        module.caffe_name = layer.name
-        module.top_shapes(list(ctx.bottom_shapes))
-        return module
+        data_size = (p.data_height, p.data_width)
+        return _built(layer, ctx, lambda: cls(size, data_size, p.gaussian_std, p.mean_removed))
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
         points = bottom_shapes[0]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,20 @@ def _absolute(path: Path) -> Path:
 def _shapes_hint(tops: Sequence[str]) -> str:
     shapes = ", ".join(f"'{top}': {'(N, C, H, W)' if i == 0 else '(N,)'}" for i, top in enumerate(tops))
     return f"give input_shapes={{{shapes}}} to build the net without reading it"
+
+
+def _base_dirs(ctx: BuildContext) -> list[Path]:
+    """The folders relative image paths resolve against: the working directory, then the
+    prototxt's folder."""
+    return [Path.cwd()] + ([ctx.net_dir] if ctx.net_dir is not None else [])
+
+
+def _check_source(param: Message, ctx: BuildContext, param_name: str, what: str) -> None:
+    """The checks every file-reading data layer makes: a ``source`` and a positive ``batch_size``."""
+    if not param.source:
+        raise ctx.error(f"{param_name}.source ({what}) is missing")
+    if param.batch_size <= 0:
+        raise ctx.error(f"{param_name}.batch_size must be a positive number")
 
 
 def _ignored_fields(param: Message, names: Sequence[str], where: str, why: str) -> None:
@@ -216,8 +230,122 @@ class _LoadingDataLayer(CaffeLayer):
         return state
 
 
+class _ImageListLayer(_LoadingDataLayer):
+    """Shared machinery of the layers that read an image list (``image_data_param``): the list,
+    its ``ImageListSource``, ``rand_skip`` and the data top's set-up shape."""
+
+    def __init__(
+        self,
+        source: Path,
+        tops: Sequence[str],
+        transformer: DataTransformer,
+        batch_size: int,
+        root_folder: str = "",
+        new_height: int = 0,
+        new_width: int = 0,
+        is_color: bool = True,
+        shuffle: bool = False,
+        rand_skip: int = 0,
+        base_dirs: Sequence[Path] = (),
+        prefetch: int = 4,
+    ) -> None:
+        super().__init__(tops, transformer, prefetch)
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.root_folder = root_folder
+        self.new_height, self.new_width = int(new_height), int(new_width)
+        self.is_color = bool(is_color)
+        self.shuffle = bool(shuffle)
+        self.rand_skip = int(rand_skip)
+        self.base_dirs = [Path(d) for d in base_dirs]
+        self._list: ImageList | None = None
+
+    @staticmethod
+    def _check_list_param(param: caffe_pb2.ImageDataParameter, ctx: BuildContext) -> None:
+        _check_source(param, ctx, "image_data_param", "the image list file")
+        if (param.new_height > 0) != (param.new_width > 0):
+            raise ctx.error("new_height and new_width must be set together (Caffe resizes only with both)")
+
+    @staticmethod
+    def _list_options(layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> dict:
+        """The constructor's list arguments from ``image_data_param`` (and ``data_param.prefetch``)."""
+        param = layer.image_data_param
+        return {
+            "root_folder": param.root_folder,
+            "new_height": param.new_height,
+            "new_width": param.new_width,
+            "is_color": param.is_color,
+            "shuffle": param.shuffle,
+            "rand_skip": param.rand_skip,
+            "base_dirs": _base_dirs(ctx),
+            "prefetch": layer.data_param.prefetch,
+        }
+
+    def _needs_seed(self) -> bool:
+        return self.transformer.needs_random or self.shuffle or self.rand_skip > 0
+
+    def _read_list(self, hint: str) -> ImageList:
+        raise NotImplementedError
+
+    def _image_list(self, hint: str = "") -> ImageList:
+        if self._list is None:
+            try:
+                self._list = self._read_list(hint)
+            except CaffeCompatError as exc:
+                raise self._wrap(exc) from None
+        return self._list
+
+    def _list_source(self, images: ImageList, resize: bool = True, **options) -> ImageListSource:
+        """An ``ImageListSource`` over ``images`` (``resize``: read at ``new_height`` x
+        ``new_width``; ``options``: its order and seed fields)."""
+        return ImageListSource(
+            images=images,
+            root_folder=self.root_folder,
+            base_dirs=self.base_dirs,
+            new_height=self.new_height if resize else 0,
+            new_width=self.new_width if resize else 0,
+            is_color=self.is_color,
+            transformer=self.transformer,
+            batch_size=self.batch_size,
+            where=self.where,
+            **options,
+        )
+
+    def _skip(self, images: ImageList, seed: int) -> int:
+        """``rand_skip``'s draw for ``seed``, checked against the list's length."""
+        skip = draw_skip(seed, self.rand_skip)
+        if skip >= len(images.names):
+            raise self._error(f"rand_skip drew {skip}: not enough images ({len(images.names)}) to skip")
+        return skip
+
+    def _data_shape(self, images: Callable[[], ImageList]) -> tuple[int, int, int]:
+        """The data top's ``(C, H, W)``: the crop, else ``new_height`` x ``new_width``, else the
+        transformed shape of the first image of ``images()``."""
+        channels = 3 if self.is_color else 1
+        if self.transformer.crop is not None:
+            return (channels, *self.transformer.crop)
+        if self.new_height > 0:
+            return (channels, self.new_height, self.new_width)
+        probe = self._list_source(images())
+        try:
+            return probe.first_shape()
+        except CaffeCompatError as exc:
+            raise self._wrap(exc) from None
+
+    def _repr_parts(self) -> list[str]:
+        parts = [super().extra_repr(), f"source={os.fspath(self.source)!r}", f"batch_size={self.batch_size}"]
+        if self.new_height:
+            parts.append(f"new_size=({self.new_height}, {self.new_width})")
+        if self.shuffle:
+            parts.append(f"shuffle=True, seed={self.seed}")
+        return parts
+
+    def extra_repr(self) -> str:
+        return ", ".join(p for p in self._repr_parts() if p)
+
+
 @register("ImageData")
-class ImageData(_LoadingDataLayer):
+class ImageData(_ImageListLayer):
     """Images named in a list file (``path label`` lines), decoded with OpenCV (BGR), resized to
     ``new_height`` x ``new_width`` when given, transformed, in list order (``shuffle``: a new
     permutation per pass) with wrap-around; ``rand_skip`` starts at a random entry. Tops: data,
@@ -260,17 +388,21 @@ layer { name: "data" type: "ImageData" top: "data" top: "label"
         base_dirs: Sequence[Path] = (),
         prefetch: int = 4,
     ) -> None:
-        super().__init__(tops, transformer, prefetch)
-        self.source = source
-        self.batch_size = int(batch_size)
-        self.root_folder = root_folder
-        self.new_height, self.new_width = int(new_height), int(new_width)
-        self.is_color = bool(is_color)
-        self.shuffle = bool(shuffle)
-        self.rand_skip = int(rand_skip)
+        super().__init__(
+            source,
+            tops,
+            transformer,
+            batch_size,
+            root_folder,
+            new_height,
+            new_width,
+            is_color,
+            shuffle,
+            rand_skip,
+            base_dirs,
+            prefetch,
+        )
         self.balance = bool(balance)
-        self.base_dirs = [Path(d) for d in base_dirs]
-        self._list: ImageList | None = None
 
     @classmethod
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> ImageData:
@@ -278,102 +410,38 @@ layer { name: "data" type: "ImageData" top: "data" top: "label"
         ctx.check_tops(2, 3)
         param = layer.image_data_param
         where = f"layer '{layer.name}' (ImageData)"
-        if not param.source:
-            raise ctx.error("image_data_param.source (the image list file) is missing")
-        if param.batch_size <= 0:
-            raise ctx.error("image_data_param.batch_size must be a positive number")
-        if (param.new_height > 0) != (param.new_width > 0):
-            raise ctx.error("new_height and new_width must be set together (Caffe resizes only with both)")
+        cls._check_list_param(param, ctx)
         _ignored_fields(
             param, _MULTILABEL_ONLY, where, "the fork's ImageData does not read it (MultiLabelImageData does)"
         )
         _ignored_fields(param, _LEGACY_TRANSFORM, where, "Caffe reads these from transform_param")
         transformer = _transformer(layer, ctx, where)
-        base_dirs = [Path.cwd()] + ([ctx.net_dir] if ctx.net_dir is not None else [])
         return cls(
             _absolute(ctx.resolve_path(param.source)),
             list(layer.top),
             transformer,
             param.batch_size,
-            root_folder=param.root_folder,
-            new_height=param.new_height,
-            new_width=param.new_width,
-            is_color=param.is_color,
-            shuffle=param.shuffle,
-            rand_skip=param.rand_skip,
             balance=param.balance_class,
-            base_dirs=base_dirs,
-            prefetch=layer.data_param.prefetch,
+            **cls._list_options(layer, ctx),
         )
 
     def _needs_seed(self) -> bool:
-        return self.transformer.needs_random or self.shuffle or self.rand_skip > 0 or self.balance
+        return super()._needs_seed() or self.balance
 
-    def _image_list(self, hint: str = "") -> ImageList:
-        if self._list is None:
-            try:
-                self._list = read_image_list(self.source, hint)
-            except CaffeCompatError as exc:
-                raise self._wrap(exc) from None
-        return self._list
+    def _read_list(self, hint: str) -> ImageList:
+        return read_image_list(self.source, hint)
 
     def _make_source(self, seed: int) -> ImageListSource:
         images = self._image_list()
-        skip = draw_skip(seed, self.rand_skip)
-        if skip >= len(images.names):
-            raise self._error(f"rand_skip drew {skip}: not enough images ({len(images.names)}) to skip")
-        return ImageListSource(
-            images=images,
-            root_folder=self.root_folder,
-            base_dirs=self.base_dirs,
-            new_height=self.new_height,
-            new_width=self.new_width,
-            is_color=self.is_color,
-            transformer=self.transformer,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            balance=self.balance,
-            num_tops=len(self.tops),
-            seed=seed,
-            skip=skip,
-            where=self.where,
+        skip = self._skip(images, seed)
+        return self._list_source(
+            images, shuffle=self.shuffle, balance=self.balance, num_tops=len(self.tops), seed=seed, skip=skip
         )
 
     def _set_up_shapes(self) -> list[Shape]:
-        channels = 3 if self.is_color else 1
-        if self.transformer.crop is not None:
-            shape = (channels, *self.transformer.crop)
-        elif self.new_height > 0:
-            shape = (channels, self.new_height, self.new_width)
-        else:
-            images = self._image_list(_shapes_hint(self.tops) + ", or set new_height/new_width")
-            probe = self._make_source_for_shape(images)
-            try:
-                shape = probe.first_shape()
-            except CaffeCompatError as exc:
-                raise self._wrap(exc) from None
+        hint = _shapes_hint(self.tops) + ", or set new_height/new_width"
+        shape = self._data_shape(lambda: self._image_list(hint))
         return [(self.batch_size, *shape)] + [(self.batch_size,)] * (len(self.tops) - 1)
-
-    def _make_source_for_shape(self, images: ImageList) -> ImageListSource:
-        return ImageListSource(
-            images=images,
-            root_folder=self.root_folder,
-            base_dirs=self.base_dirs,
-            new_height=self.new_height,
-            new_width=self.new_width,
-            is_color=self.is_color,
-            transformer=self.transformer,
-            batch_size=self.batch_size,
-            where=self.where,
-        )
-
-    def extra_repr(self) -> str:
-        parts = [super().extra_repr(), f"source={os.fspath(self.source)!r}", f"batch_size={self.batch_size}"]
-        if self.new_height:
-            parts.append(f"new_size=({self.new_height}, {self.new_width})")
-        if self.shuffle:
-            parts.append(f"shuffle=True, seed={self.seed}")
-        return ", ".join(p for p in parts if p)
 
 
 def _transformer(layer: caffe_pb2.LayerParameter, ctx: BuildContext, where: str) -> DataTransformer:
@@ -426,10 +494,7 @@ layer { name: "data" type: "Data" top: "data" top: "label"
         ctx.check_tops(1, 2)
         param = layer.data_param
         where = f"layer '{layer.name}' (Data)"
-        if not param.source:
-            raise ctx.error("data_param.source (the database folder) is missing")
-        if param.batch_size <= 0:
-            raise ctx.error("data_param.batch_size must be a positive number")
+        _check_source(param, ctx, "data_param", "the database folder")
         _ignored_fields(param, _LEGACY_TRANSFORM, where, "Caffe reads these from transform_param")
         if param.HasField("rand_skip"):
             logger.warning("%s: rand_skip is ignored: this fork's Data layer does not skip records", where)

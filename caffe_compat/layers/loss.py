@@ -17,6 +17,7 @@ error instead (one host synchronisation per forward on an accelerator).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -60,6 +61,66 @@ def _check_label_range(labels: torch.Tensor, use: torch.Tensor, num_classes: int
         raise LayerError(
             f"{where}: label {value} is out of range [0, {num_classes}) (and not the ignore_label)"
         )
+
+
+def _ignore_label(param: caffe_pb2.LossParameter | caffe_pb2.AccuracyParameter) -> int | None:
+    """``ignore_label`` where the param sets it, else None (no label is ignored)."""
+    return param.ignore_label if param.HasField("ignore_label") else None
+
+
+def _use_mask(labels: torch.Tensor, ignore_label: int | None) -> torch.Tensor:
+    """Positions whose label is not the ``ignore_label``."""
+    if ignore_label is None:
+        return torch.ones_like(labels, dtype=torch.bool)
+    return labels != ignore_label
+
+
+def _check_label_count(ctx: BuildContext, shape: Shape, axis: int, axis_name: str) -> tuple[int, int]:
+    """One label per position: ``outer * inner`` (the counts before and after ``axis``) labels in
+    the second bottom. Returns ``(outer, inner)``."""
+    label_shape = ctx.bottom_shapes[1]
+    outer, inner = _count(shape, 0, axis), _count(shape, axis + 1)
+    if outer * inner != _count(label_shape):
+        raise ctx.error(
+            f"number of labels must match number of predictions: prediction shape {list(shape)} with "
+            f"{axis_name} axis {axis} needs {outer * inner} labels, the label blob {list(label_shape)} has "
+            f"{_count(label_shape)}"
+        )
+    return outer, inner
+
+
+def _check_weight_count(ctx: BuildContext, count: int, noun: str) -> None:
+    """An optional third bottom holds one weight per label (``count``)."""
+    if len(ctx.bottom_shapes) == 3 and _count(ctx.bottom_shapes[2]) != count:
+        raise ctx.error(
+            f"number of {noun} must match number of labels: {count} labels, the weight "
+            f"blob {list(ctx.bottom_shapes[2])} has {_count(ctx.bottom_shapes[2])}"
+        )
+
+
+def _label_positions(
+    x: torch.Tensor, label: torch.Tensor, axis: int, ignore_label: int | None
+) -> tuple[int, int, int, torch.Tensor, torch.Tensor]:
+    """``(channels, outer, inner, labels, use)``: the classes along ``axis``, the counts before
+    and after it, the labels as ``(outer, inner)`` int64 (``static_cast<int>``) and the positions
+    not ignored."""
+    shape = tuple(x.shape)
+    outer, inner = _count(shape, 0, axis), _count(shape, axis + 1)
+    labels = label.detach().reshape(outer, inner).long()
+    return shape[axis], outer, inner, labels, _use_mask(labels, ignore_label)
+
+
+def _used_labels(labels: torch.Tensor, use: torch.Tensor, num_classes: int, where: str) -> torch.Tensor:
+    """The labels checked to lie in ``[0, num_classes)`` where used, 0 where not."""
+    _check_label_range(labels, use, num_classes, where)
+    return torch.where(use, labels, 0)
+
+
+def _loss_repr(parts: list[str], ignore_label: int | None) -> str:
+    """``extra_repr`` of a loss layer: ``parts`` and the ``ignore_label`` when set."""
+    if ignore_label is not None:
+        parts.append(f"ignore_label={ignore_label}")
+    return ", ".join(p for p in parts if p)
 
 
 def _loss_checks(ctx: BuildContext) -> None:
@@ -164,8 +225,40 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+class _SoftmaxLoss(CaffeLayer):
+    """Shared parts of the losses over an internal softmax along ``axis`` with one label per
+    position (SoftmaxWithLoss, InfogainLoss): ``ignore_label``, the normalization mode, and an
+    optional second top with the probabilities (no gradient flows back from it)."""
+
+    def __init__(self, axis: int, ignore_label: int | None, normalization: int, num_tops: int) -> None:
+        super().__init__()
+        self.axis = int(axis)
+        self.ignore_label = None if ignore_label is None else int(ignore_label)
+        self.normalization = int(normalization)
+        self.num_tops = int(num_tops)
+
+    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
+        return [(), tuple(bottom_shapes[0])][: self.num_tops]
+
+    def _outputs(
+        self, loss: torch.Tensor, prob: torch.Tensor, shape: Sequence[int]
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The loss, and with a second top the probabilities in the data's ``shape``."""
+        if self.num_tops == 1:
+            return loss
+        return loss, prob.reshape(shape)
+
+    def extra_repr(self) -> str:
+        parts = [
+            super().extra_repr(),
+            f"axis={self.axis}",
+            f"normalization={_MODE_NAMES[self.normalization]}",
+        ]
+        return _loss_repr(parts, self.ignore_label)
+
+
 @register("SoftmaxWithLoss")
-class SoftmaxWithLoss(CaffeLayer):
+class SoftmaxWithLoss(_SoftmaxLoss):
     """Softmax over ``axis`` followed by the multinomial logistic loss (softmax_loss_layer.cpp).
 
     Labels hold ``outer * inner`` values (``(N,)``, ``(N, H, W)``, ``(N, 1, H, W)`` ...). Positions
@@ -200,11 +293,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "l
         class_weight: list[float] | None = None,
         num_tops: int = 1,
     ) -> None:
-        super().__init__()
-        self.axis = int(axis)
-        self.ignore_label = None if ignore_label is None else int(ignore_label)
-        self.normalization = int(normalization)
-        self.num_tops = int(num_tops)
+        super().__init__(axis, ignore_label, normalization, num_tops)
         weight = None if not class_weight else torch.tensor(class_weight, dtype=torch.float32)
         self.register_buffer("class_weight", weight, persistent=False)
 
@@ -230,44 +319,22 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "l
                 )
         shape = ctx.bottom_shapes[0]
         axis = canonical_axis(softmax.axis, len(shape), ctx)
-        outer, inner = _count(shape, 0, axis), _count(shape, axis + 1)
-        if outer * inner != _count(ctx.bottom_shapes[1]):
-            raise ctx.error(
-                f"number of labels must match number of predictions: prediction shape {list(shape)} with "
-                f"softmax axis {axis} needs {outer * inner} labels, the label blob "
-                f"{list(ctx.bottom_shapes[1])} has {_count(ctx.bottom_shapes[1])}"
-            )
-        if len(ctx.bottom_shapes) == 3 and _count(ctx.bottom_shapes[2]) != outer * inner:
-            raise ctx.error(
-                f"number of loss weights must match number of labels: {outer * inner} labels, the weight "
-                f"blob {list(ctx.bottom_shapes[2])} has {_count(ctx.bottom_shapes[2])}"
-            )
+        outer, inner = _check_label_count(ctx, shape, axis, "softmax")
+        _check_weight_count(ctx, outer * inner, "loss weights")
         class_weight = list(softmax.class_weight)
         if class_weight and len(class_weight) != shape[axis]:
             raise ctx.error(
                 f"softmax_param gives {len(class_weight)} class_weight values for {shape[axis]} classes"
             )
         mode = _legacy_normalization(layer.loss_param, _Loss.VALID)
-        ignore = layer.loss_param.ignore_label if layer.loss_param.HasField("ignore_label") else None
-        return cls(axis, ignore, mode, class_weight, len(layer.top))
-
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [(), tuple(bottom_shapes[0])][: self.num_tops]
+        return cls(axis, _ignore_label(layer.loss_param), mode, class_weight, len(layer.top))
 
     def forward(
         self, x: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
-        channels = shape[self.axis]
-        outer, inner = _count(tuple(shape), 0, self.axis), _count(tuple(shape), self.axis + 1)
-        labels = label.detach().reshape(outer, inner).long()
-        use = (
-            torch.ones_like(labels, dtype=torch.bool)
-            if self.ignore_label is None
-            else labels != self.ignore_label
-        )
-        _check_label_range(labels, use, channels, f"layer '{self.caffe_name}' (SoftmaxWithLoss)")
-        labels = torch.where(use, labels, 0)
+        channels, outer, inner, labels, use = _label_positions(x, label, self.axis, self.ignore_label)
+        labels = _used_labels(labels, use, channels, f"layer '{self.caffe_name}' (SoftmaxWithLoss)")
         weights = None if weight is None else weight.detach().reshape(outer, inner).to(x.dtype)
         class_weight = None
         if weights is not None and self.class_weight is not None:
@@ -275,19 +342,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "l
         loss, prob = _SoftmaxLossFunction.apply(
             x.reshape(outer, channels, inner), labels, use, weights, class_weight, self.normalization
         )
-        if self.num_tops == 1:
-            return loss
-        return loss, prob.reshape(shape)
-
-    def extra_repr(self) -> str:
-        parts = [
-            super().extra_repr(),
-            f"axis={self.axis}",
-            f"normalization={_MODE_NAMES[self.normalization]}",
-        ]
-        if self.ignore_label is not None:
-            parts.append(f"ignore_label={self.ignore_label}")
-        return ", ".join(p for p in parts if p)
+        return self._outputs(loss, prob, shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,20 +396,9 @@ layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" top:
         if param.top_k < 1:
             raise ctx.error("top_k must be at least 1")
         axis = canonical_axis(param.axis, len(shape), ctx)
-        outer, inner = _count(shape, 0, axis), _count(shape, axis + 1)
-        if outer * inner != _count(label_shape):
-            raise ctx.error(
-                f"number of labels must match number of predictions: prediction shape {list(shape)} with "
-                f"label axis {axis} needs {outer * inner} labels, the label blob {list(label_shape)} has "
-                f"{_count(label_shape)}"
-            )
-        if len(ctx.bottom_shapes) == 3 and _count(ctx.bottom_shapes[2]) != outer * inner:
-            raise ctx.error(
-                f"number of weights must match number of labels: {outer * inner} labels, the weight blob "
-                f"{list(ctx.bottom_shapes[2])} has {_count(ctx.bottom_shapes[2])}"
-            )
-        ignore = param.ignore_label if param.HasField("ignore_label") else None
-        return cls(param.top_k, axis, ignore, param.min_is_better, len(layer.top))
+        outer, inner = _check_label_count(ctx, shape, axis, "label")
+        _check_weight_count(ctx, outer * inner, "weights")
+        return cls(param.top_k, axis, _ignore_label(param), param.min_is_better, len(layer.top))
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return [(), (bottom_shapes[0][self.axis],)][: self.num_tops]
@@ -363,20 +407,11 @@ layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" top:
     def forward(
         self, x: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        shape = tuple(x.shape)
-        channels = shape[self.axis]
-        outer, inner = _count(shape, 0, self.axis), _count(shape, self.axis + 1)
+        channels, outer, inner, labels, use = _label_positions(x, label, self.axis, self.ignore_label)
         scores = x.detach().reshape(outer, channels, inner)
-        labels = label.detach().reshape(outer, inner).long()
-        use = (
-            torch.ones_like(labels, dtype=torch.bool)
-            if self.ignore_label is None
-            else labels != self.ignore_label
-        )
         if weight is not None:
             use = use & (weight.detach().reshape(outer, inner) != 0)
-        _check_label_range(labels, use, channels, f"layer '{self.caffe_name}' (Accuracy)")
-        labels = torch.where(use, labels, 0)
+        labels = _used_labels(labels, use, channels, f"layer '{self.caffe_name}' (Accuracy)")
         target = scores.gather(1, labels.unsqueeze(1))
         classes = torch.arange(channels, device=x.device).view(1, channels, 1)
         if self.min_is_better:
@@ -546,8 +581,7 @@ layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top
                 f"{list(second)} has {_count(second)}"
             )
         param = layer.loss_param
-        ignore = param.ignore_label if param.HasField("ignore_label") else None
-        return cls(ignore, _legacy_normalization(param, _Loss.BATCH_SIZE))
+        return cls(_ignore_label(param), _legacy_normalization(param, _Loss.BATCH_SIZE))
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return [()]
@@ -559,6 +593,4 @@ layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr(), f"normalization={_MODE_NAMES[self.normalization]}"]
-        if self.ignore_label is not None:
-            parts.append(f"ignore_label={self.ignore_label}")
-        return ", ".join(p for p in parts if p)
+        return _loss_repr(parts, self.ignore_label)

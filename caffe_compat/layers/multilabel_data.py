@@ -58,15 +58,15 @@ import cv2
 import numpy as np
 import torch
 
-from caffe_compat.data.image_list import ImageList, ImageListSource, draw_skip
-from caffe_compat.data.transformer import DataTransformer, transform_into_batch
+from caffe_compat.data.image_list import ImageList, ImageListSource, read_list_text
+from caffe_compat.data.transformer import DataTransformer
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.layers.base import BuildContext, Shape
 from caffe_compat.layers.image_data import (
     _LEGACY_TRANSFORM,
     _absolute,
     _ignored_fields,
-    _LoadingDataLayer,
+    _ImageListLayer,
     _shapes_hint,
     _transformer,
 )
@@ -100,14 +100,7 @@ def read_multilabel_list(path: str | os.PathLike, hint: str = "") -> ImageList:
         CaffeCompatError: the file cannot be read, has no entry, or a line is malformed.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise CaffeCompatError(
-            f"cannot read the image list '{path}' ({reason}){'; ' + hint if hint else ''}"
-        ) from None
-    lines = text.splitlines()
+    lines = read_list_text(path, hint).splitlines()
     names: list[str] = []
     rows: list[list[float]] = []
     numbers: list[int] = []
@@ -261,7 +254,6 @@ class MultiLabelSource:
     """
 
     images: ImageListSource
-    transformer: DataTransformer
     batch_size: int
     label_cut: int
     face: FaceTransform | None
@@ -321,24 +313,7 @@ class MultiLabelSource:
                 index = self.images.entry(visit)
                 row = names.labels[index]
                 image = self.images.read(index)
-            what = f"image '{self.images.image_path(index)}'"
-            try:
-                data = transform_into_batch(
-                    self.transformer,
-                    data,
-                    item,
-                    self.batch_size,
-                    image,
-                    self.seed,
-                    visit,
-                    what,
-                    "image",
-                    "give new_height/new_width or a crop so the images agree",
-                )
-            except CaffeCompatError as exc:
-                if str(exc).startswith(self.where):
-                    raise
-                raise CaffeCompatError(f"{self.where}: {exc} ({names.where(index)})") from None
+            data = self.images.transform_into(data, item, index, image, visit)
             if self.label_cut <= item < self.batch_size - self.label_cut:
                 labels[item - self.label_cut] = row
             visit += 1
@@ -348,7 +323,7 @@ class MultiLabelSource:
 
 
 @register("MultiLabelImageData")
-class MultiLabelImageData(_LoadingDataLayer):
+class MultiLabelImageData(_ImageListLayer):
     """Images with ``K`` float labels each, from a list file (see the module docstring for the
     line format, the fork's rules, ``face_transform`` and the deviations). Tops: data
     ``(N, C, H, W)``, label ``(N - 2 * label_cut_start, K)``.
@@ -386,18 +361,22 @@ layer { name: "data" type: "MultiLabelImageData" top: "data" top: "label"
         base_dirs: Sequence[Path] = (),
         prefetch: int = 4,
     ) -> None:
-        super().__init__(tops, transformer, prefetch)
-        self.source = source
-        self.batch_size = int(batch_size)
-        self.root_folder = root_folder
-        self.new_height, self.new_width = int(new_height), int(new_width)
-        self.is_color = bool(is_color)
-        self.shuffle = bool(shuffle)
-        self.rand_skip = int(rand_skip)
+        super().__init__(
+            source,
+            tops,
+            transformer,
+            batch_size,
+            root_folder,
+            new_height,
+            new_width,
+            is_color,
+            shuffle,
+            rand_skip,
+            base_dirs,
+            prefetch,
+        )
         self.label_cut = int(label_cut)
         self.face = face
-        self.base_dirs = [Path(d) for d in base_dirs]
-        self._list: ImageList | None = None
 
     @classmethod
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> MultiLabelImageData:
@@ -405,12 +384,7 @@ layer { name: "data" type: "MultiLabelImageData" top: "data" top: "label"
         ctx.check_tops(2)
         param = layer.image_data_param
         where = f"layer '{layer.name}' (MultiLabelImageData)"
-        if not param.source:
-            raise ctx.error("image_data_param.source (the image list file) is missing")
-        if param.batch_size <= 0:
-            raise ctx.error("image_data_param.batch_size must be a positive number")
-        if (param.new_height > 0) != (param.new_width > 0):
-            raise ctx.error("new_height and new_width must be set together (Caffe resizes only with both)")
+        cls._check_list_param(param, ctx)
         if 2 * param.label_cut_start >= param.batch_size:
             raise ctx.error(
                 f"label_cut_start {param.label_cut_start} is cut from both ends of a batch of "
@@ -448,69 +422,40 @@ layer { name: "data" type: "MultiLabelImageData" top: "data" top: "label"
         else:
             _ignored_fields(param, _FACE_FIELDS, where, "they apply only with face_transform: true")
         transformer = _transformer(layer, ctx, where)
-        base_dirs = [Path.cwd()] + ([ctx.net_dir] if ctx.net_dir is not None else [])
         return cls(
             _absolute(ctx.resolve_path(param.source)),
             list(layer.top),
             transformer,
             param.batch_size,
-            root_folder=param.root_folder,
-            new_height=param.new_height,
-            new_width=param.new_width,
-            is_color=param.is_color,
-            shuffle=param.shuffle,
-            rand_skip=param.rand_skip,
             label_cut=param.label_cut_start,
             face=face,
-            base_dirs=base_dirs,
-            prefetch=layer.data_param.prefetch,
+            **cls._list_options(layer, ctx),
         )
 
     def _needs_seed(self) -> bool:
-        return self.transformer.needs_random or self.shuffle or self.rand_skip > 0 or self.face is not None
+        return super()._needs_seed() or self.face is not None
 
-    def _image_list(self, hint: str = "") -> ImageList:
-        if self._list is None:
-            try:
-                images = read_multilabel_list(self.source, hint)
-            except CaffeCompatError as exc:
-                raise self._wrap(exc) from None
-            if self.face is not None:
-                needed = max(_LANDMARK_VALUES, 2 * self.face.point_num)
-                if images.labels.shape[1] < needed:
-                    raise self._error(
-                        f"face_transform reads the first {needed} labels as landmark coordinates (x, y of "
-                        "eyes, nose, mouth corners, and face_point_num points), but the lines of "
-                        f"{self.source} have {images.labels.shape[1]} labels"
-                    )
-            self._list = images
-        return self._list
+    def _read_list(self, hint: str) -> ImageList:
+        images = read_multilabel_list(self.source, hint)
+        if self.face is not None:
+            needed = max(_LANDMARK_VALUES, 2 * self.face.point_num)
+            if images.labels.shape[1] < needed:
+                raise self._error(
+                    f"face_transform reads the first {needed} labels as landmark coordinates (x, y of "
+                    "eyes, nose, mouth corners, and face_point_num points), but the lines of "
+                    f"{self.source} have {images.labels.shape[1]} labels"
+                )
+        return images
 
-    def _list_source(self, images: ImageList, seed: int = 0, skip: int = 0) -> ImageListSource:
-        resize = self.face is None
-        return ImageListSource(
-            images=images,
-            root_folder=self.root_folder,
-            base_dirs=self.base_dirs,
-            new_height=self.new_height if resize else 0,
-            new_width=self.new_width if resize else 0,
-            is_color=self.is_color,
-            transformer=self.transformer,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            seed=seed,
-            skip=skip,
-            where=self.where,
-        )
+    def _list_source(self, images: ImageList, resize: bool = True, **options) -> ImageListSource:
+        # face_transform reads each image at full size and warps it to new_height x new_width
+        return super()._list_source(images, resize and self.face is None, **options)
 
     def _make_source(self, seed: int) -> MultiLabelSource:
         images = self._image_list()
-        skip = draw_skip(seed, self.rand_skip)
-        if skip >= len(images.names):
-            raise self._error(f"rand_skip drew {skip}: not enough images ({len(images.names)}) to skip")
+        skip = self._skip(images, seed)
         return MultiLabelSource(
-            images=self._list_source(images, seed, skip),
-            transformer=self.transformer,
+            images=self._list_source(images, shuffle=self.shuffle, seed=seed, skip=skip),
             batch_size=self.batch_size,
             label_cut=self.label_cut,
             face=self.face,
@@ -519,27 +464,14 @@ layer { name: "data" type: "MultiLabelImageData" top: "data" top: "label"
         )
 
     def _set_up_shapes(self) -> list[Shape]:
-        channels = 3 if self.is_color else 1
         hint = _shapes_hint(self.tops).replace("'label': (N,)", "'label': (N, K)")
         images = self._image_list(hint)
-        if self.transformer.crop is not None:
-            shape = (channels, *self.transformer.crop)
-        elif self.new_height > 0:
-            shape = (channels, self.new_height, self.new_width)
-        else:
-            try:
-                shape = self._list_source(images).first_shape()
-            except CaffeCompatError as exc:
-                raise self._wrap(exc) from None
+        shape = self._data_shape(lambda: images)
         label_rows = self.batch_size - 2 * self.label_cut
         return [(self.batch_size, *shape), (label_rows, int(images.labels.shape[1]))]
 
-    def extra_repr(self) -> str:
-        parts = [super().extra_repr(), f"source={os.fspath(self.source)!r}", f"batch_size={self.batch_size}"]
-        if self.new_height:
-            parts.append(f"new_size=({self.new_height}, {self.new_width})")
-        if self.shuffle:
-            parts.append(f"shuffle=True, seed={self.seed}")
+    def _repr_parts(self) -> list[str]:
+        parts = super()._repr_parts()
         if self.face is not None:
             parts.append("face_transform=True")
-        return ", ".join(p for p in parts if p)
+        return parts

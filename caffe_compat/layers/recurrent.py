@@ -161,6 +161,9 @@ class _Recurrent(CaffeLayer):
 
     family = "recurrent"
     state_names: ClassVar[tuple[str, ...]] = ()
+    #: the blobs of the step's pre-activation ``W_h (cont_t h_{t-1}) + W_x x_t + b [+ W_static
+    #: x_static]``, as (W_x, b, W_static, W_h)
+    pre_activation_blobs: ClassVar[tuple[str, str, str, str]]
 
     def __init__(
         self,
@@ -316,7 +319,27 @@ class _Recurrent(CaffeLayer):
         start: list[torch.Tensor],
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The unrolled net on (T, N, D) ``x``, (T, N) ``cont``, (N, Ds) ``x_static`` and the (N, H)
-        start states: returns the (T, N, H) output and the final states."""
+        start states: returns the (T, N, H) output and the final states. Each step computes the
+        pre-activation ``W_h (cont_t h_{t-1}) + W_x x_t + b [+ W_static x_static]`` (``h`` the first
+        state) and hands it to ``_step``."""
+        w_x, b, w_static, w_h = (getattr(self, name) for name in self.pre_activation_blobs)
+        x_pre = F.linear(x, w_x, b)
+        static_pre = None if x_static is None else F.linear(x_static, w_static)
+        state = start
+        outputs = []
+        for t in range(x.shape[0]):
+            pre = F.linear(cont[t].unsqueeze(1) * state[0], w_h) + x_pre[t]
+            if static_pre is not None:
+                pre = pre + static_pre
+            state, output = self._step(pre, cont[t], state)
+            outputs.append(output)
+        return torch.stack(outputs), state
+
+    def _step(
+        self, pre: torch.Tensor, cont: torch.Tensor, state: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One time step from its pre-activation, (N,) ``cont`` and the states: the new states and
+        the step's output."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -361,6 +384,7 @@ class LSTM(_Recurrent):
         Blob("W_hc"),
     )
     state_names = ("h", "c")
+    pre_activation_blobs = ("W_xc", "b_c", "W_xc_static", "W_hc")
     example = (
         _LSTM_EXAMPLE
         + """layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" bottom: "x_static" top: "h"
@@ -375,24 +399,11 @@ class LSTM(_Recurrent):
             shapes["W_xc_static"] = (gates, self.static_dim)
         return shapes
 
-    def _run(
-        self,
-        x: torch.Tensor,
-        cont: torch.Tensor,
-        x_static: torch.Tensor | None,
-        start: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x_gates = F.linear(x, self.W_xc, self.b_c)
-        static_gates = None if x_static is None else F.linear(x_static, self.W_xc_static)
-        h, c = start
-        outputs = []
-        for t in range(x.shape[0]):
-            gates = F.linear(cont[t].unsqueeze(1) * h, self.W_hc) + x_gates[t]
-            if static_gates is not None:
-                gates = gates + static_gates
-            c, h = lstm_step(c, gates, cont[t])
-            outputs.append(h)
-        return torch.stack(outputs), [h, c]
+    def _step(
+        self, gates: torch.Tensor, cont: torch.Tensor, state: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        c, h = lstm_step(state[1], gates, cont)
+        return [h, c], h
 
 
 @register("RNN")
@@ -421,6 +432,7 @@ class RNN(_Recurrent):
         Blob("b_o"),
     )
     state_names = ("h",)
+    pre_activation_blobs = ("W_xh", "b_h", "W_xh_static", "W_hh")
     example = (
         _LSTM_EXAMPLE
         + """layer { name: "h0" type: "Input" top: "h0" input_param { shape { dim: 1 dim: 2 dim: 3 } } }
@@ -442,21 +454,8 @@ layer { name: "rnn" type: "RNN" bottom: "x" bottom: "cont" bottom: "x_static" bo
             shapes["W_xh_static"] = (hidden, self.static_dim)
         return shapes
 
-    def _run(
-        self,
-        x: torch.Tensor,
-        cont: torch.Tensor,
-        x_static: torch.Tensor | None,
-        start: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x_hidden = F.linear(x, self.W_xh, self.b_h)
-        static_hidden = None if x_static is None else F.linear(x_static, self.W_xh_static)
-        (h,) = start
-        outputs = []
-        for t in range(x.shape[0]):
-            pre = F.linear(cont[t].unsqueeze(1) * h, self.W_hh) + x_hidden[t]
-            if static_hidden is not None:
-                pre = pre + static_hidden
-            h = torch.tanh(pre)
-            outputs.append(torch.tanh(F.linear(h, self.W_ho, self.b_o)))
-        return torch.stack(outputs), [h]
+    def _step(
+        self, pre: torch.Tensor, cont: torch.Tensor, state: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        h = torch.tanh(pre)
+        return [h], torch.tanh(F.linear(h, self.W_ho, self.b_o))

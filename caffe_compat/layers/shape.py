@@ -49,6 +49,17 @@ def _no_in_place(layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> None:
         raise ctx.error("does not allow in-place computation (top and bottom are the same blob)")
 
 
+def _check_coeffs(ctx: BuildContext, coeffs: Sequence[float], operation: str, num_bottoms: int) -> None:
+    """Eltwise's coefficient rules (the fork's Pairwise follows them): none, or one per bottom,
+    and none for PROD."""
+    if coeffs and len(coeffs) != num_bottoms:
+        raise ctx.error(
+            f"takes one coefficient per bottom blob: {len(coeffs)} coeff for {num_bottoms} bottoms"
+        )
+    if coeffs and operation == "PROD":
+        raise ctx.error("only takes coefficients for summation (operation SUM), not PROD")
+
+
 def _legacy_axis(
     ctx: BuildContext, param: caffe_pb2.ConcatParameter | caffe_pb2.SliceParameter, legacy: str, num_axes: int
 ) -> int:
@@ -508,13 +519,7 @@ layer { name: "eltwise" type: "Eltwise" bottom: "a" bottom: "b" top: "y"
         ctx.check_tops(1)
         param = layer.eltwise_param
         operation = _Eltwise.EltwiseOp.Name(param.operation)
-        if param.coeff and len(param.coeff) != len(layer.bottom):
-            raise ctx.error(
-                f"takes one coefficient per bottom blob: {len(param.coeff)} coeff for "
-                f"{len(layer.bottom)} bottoms"
-            )
-        if param.coeff and operation == "PROD":
-            raise ctx.error("only takes coefficients for summation (operation SUM), not PROD")
+        _check_coeffs(ctx, param.coeff, operation, len(layer.bottom))
         return cls(operation, list(param.coeff), param.stable_prod_grad)._checked(layer, ctx.bottom_shapes)
 
     def forward(self, *bottoms: torch.Tensor) -> torch.Tensor:

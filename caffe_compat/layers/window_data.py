@@ -53,11 +53,19 @@ import cv2
 import numpy as np
 import torch
 
+from caffe_compat.data.image_list import resolve_image_path
 from caffe_compat.data.images import decode_image, read_image
 from caffe_compat.data.transformer import DataTransformer
 from caffe_compat.errors import CaffeCompatError
 from caffe_compat.layers.base import BuildContext, Shape
-from caffe_compat.layers.image_data import _absolute, _LoadingDataLayer, _shapes_hint, _transformer
+from caffe_compat.layers.image_data import (
+    _absolute,
+    _base_dirs,
+    _check_source,
+    _LoadingDataLayer,
+    _shapes_hint,
+    _transformer,
+)
 from caffe_compat.layers.registry import register
 from caffe_compat.proto import caffe_pb2
 
@@ -288,11 +296,7 @@ class WindowSource:
 
     def image_path(self, index: int) -> Path:
         """``root_folder + path`` (joined as text), tried against each base folder when relative."""
-        joined = Path(self.root_folder + self.windows.images[index])
-        if joined.is_absolute():
-            return joined
-        candidates = [base / joined for base in self.base_dirs]
-        return next((c for c in candidates if c.exists()), candidates[0] if candidates else joined)
+        return resolve_image_path(self.root_folder, self.windows.images[index], self.base_dirs)
 
     def _image(self, index: int) -> np.ndarray:
         path = self.image_path(index)
@@ -439,10 +443,7 @@ layer { name: "data" type: "WindowData" top: "data" top: "label"
         param = layer.window_data_param
         transform = layer.transform_param
         where = f"layer '{layer.name}' (WindowData)"
-        if not param.source:
-            raise ctx.error("window_data_param.source (the window file) is missing")
-        if param.batch_size <= 0:
-            raise ctx.error("window_data_param.batch_size must be a positive number")
+        _check_source(param, ctx, "window_data_param", "the window file")
         if transform.crop_size <= 0:
             legacy = (
                 " (window_data_param.crop_size is read only when upgrading V1 nets)"
@@ -477,7 +478,6 @@ layer { name: "data" type: "WindowData" top: "data" top: "label"
                 ", ".join(legacy),
             )
         transformer = _transformer(layer, ctx, where)
-        base_dirs = [Path.cwd()] + ([ctx.net_dir] if ctx.net_dir is not None else [])
         return cls(
             _absolute(ctx.resolve_path(param.source)),
             list(layer.top),
@@ -492,7 +492,7 @@ layer { name: "data" type: "WindowData" top: "data" top: "label"
             cache_images=param.cache_images,
             root_folder=param.root_folder,
             scale=param.scale,
-            base_dirs=base_dirs,
+            base_dirs=_base_dirs(ctx),
             prefetch=layer.data_param.prefetch,
         )
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
+from caffe_compat.layers.base import BuildContext
 from caffe_compat.layers.face.common import (
-    CaffeGradient,
+    DistanceLoss,
     check_legacy,
     count_of,
     int_labels,
@@ -25,17 +25,9 @@ from caffe_compat.layers.face.common import (
     needs_grad,
     one_hot,
 )
+from caffe_compat.layers.loss import _loss_checks
 from caffe_compat.layers.registry import register
 from caffe_compat.proto import caffe_pb2
-
-
-def _check_loss_bottoms(ctx: BuildContext) -> None:
-    """``LossLayer::Reshape``: data and label share their first dimension."""
-    data, label = ctx.bottom_shapes[0], ctx.bottom_shapes[1]
-    if not data or not label or data[0] != label[0]:
-        raise ctx.error(
-            f"the data and label should have the same first dimension, got {list(data)} and {list(label)}"
-        )
 
 
 def _check_sample_weights(ctx: BuildContext) -> None:
@@ -58,7 +50,7 @@ def _row_scale(weights: torch.Tensor | None, num: int, dtype: torch.dtype) -> to
 
 
 @register("BatchContrastiveLoss")
-class BatchContrastiveLoss(CaffeLayer):
+class BatchContrastiveLoss(DistanceLoss):
     """Contrastive loss over a batch's pairwise distances (``batch_contrastive_loss_layer.cpp``).
 
     Bottoms (d, label): ``d`` is an N x N distance matrix (Caffe reads ``d[i * N + j]`` of the flat
@@ -78,7 +70,6 @@ class BatchContrastiveLoss(CaffeLayer):
 
     family = "metric loss"
 
-    is_loss = True
     example = """
 layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 5 dim: 5 } } }
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 5 } } }
@@ -109,7 +100,7 @@ layer { name: "loss" type: "BatchContrastiveLoss" bottom: "d" bottom: "label" to
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> BatchContrastiveLoss:
         ctx.check_bottoms(2)
         ctx.check_tops(1, 2)
-        _check_loss_bottoms(ctx)
+        _loss_checks(ctx)
         shape = ctx.bottom_shapes[0]
         check_legacy(ctx, shape)
         num, channels, _, _ = legacy_shape(shape)
@@ -125,9 +116,6 @@ layer { name: "loss" type: "BatchContrastiveLoss" bottom: "d" bottom: "label" to
             p.max_only,
             len(layer.top) == 2,
         )
-
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [()] + ([(2,)] if self.output_distances else [])
 
     def forward(
         self, d: torch.Tensor, label: torch.Tensor
@@ -167,11 +155,7 @@ layer { name: "loss" type: "BatchContrastiveLoss" bottom: "d" bottom: "label" to
                 positive_mean = torch.where(positive_pairs, dist, zeros).sum() / positive_pairs.sum()
                 negative_mean = torch.where(negative_pairs, dist, zeros).sum() / negative_pairs.sum()
                 stats = torch.stack([positive_mean, negative_mean]).to(d.dtype)
-        if unit_grad is not None:
-            loss = CaffeGradient.apply(d, loss.to(d.dtype), unit_grad.reshape(d.shape))
-        if self.output_distances:
-            return loss, stats
-        return loss
+        return self._outputs(d, loss, unit_grad, stats if self.output_distances else None)
 
     @staticmethod
     def _extremes(
@@ -193,7 +177,7 @@ layer { name: "loss" type: "BatchContrastiveLoss" bottom: "d" bottom: "label" to
 
 
 @register("NCALoss")
-class NCALoss(CaffeLayer):
+class NCALoss(DistanceLoss):
     """NCA-style loss over distances to class centers (``nca_loss_layer.cpp``).
 
     Bottoms (d, label[, weight]): ``d`` is N x C (flattened after the batch axis). Loss ``(sum_i
@@ -213,7 +197,6 @@ class NCALoss(CaffeLayer):
 
     family = "metric loss"
 
-    is_loss = True
     example = """
 layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 4 dim: 6 } } }
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
@@ -230,12 +213,9 @@ layer { name: "loss" type: "NCALoss" bottom: "d" bottom: "label" top: "loss" top
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> NCALoss:
         ctx.check_bottoms(2, 3)
         ctx.check_tops(1, 2)
-        _check_loss_bottoms(ctx)
+        _loss_checks(ctx)
         _check_sample_weights(ctx)
         return cls(layer.nca_param.min_negative_only, len(layer.top) == 2)
-
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [()] + ([(2,)] if self.output_distances else [])
 
     def forward(
         self, d: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None
@@ -269,18 +249,14 @@ layer { name: "loss" type: "NCALoss" bottom: "d" bottom: "label" top: "loss" top
                     diff = diff * scale
                 unit_grad = (diff / num).reshape(d.shape)
             stats = torch.stack([target.sum() / num, others.sum() / num / (dim - 1)]).to(d.dtype)
-        if unit_grad is not None:
-            loss = CaffeGradient.apply(d, loss.to(d.dtype), unit_grad)
-        if self.output_distances:
-            return loss, stats
-        return loss
+        return self._outputs(d, loss, unit_grad, stats)
 
 
 # -- SoftContrastiveLoss -------------------------------------------------------------------------
 
 
 @register("SoftContrastiveLoss")
-class SoftContrastiveLoss(CaffeLayer):
+class SoftContrastiveLoss(DistanceLoss):
     """Soft (log-sum-exp) contrastive loss over distances to class centers
     (``soft_contrastive_loss_layer.cpp``).
 
@@ -302,7 +278,6 @@ class SoftContrastiveLoss(CaffeLayer):
 
     family = "metric loss"
 
-    is_loss = True
     example = """
 layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 4 dim: 6 } } }
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
@@ -333,7 +308,7 @@ layer { name: "loss" type: "SoftContrastiveLoss" bottom: "d" bottom: "label" top
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> SoftContrastiveLoss:
         ctx.check_bottoms(2, 3)
         ctx.check_tops(1, 2)
-        _check_loss_bottoms(ctx)
+        _loss_checks(ctx)
         _check_sample_weights(ctx)
         p = layer.soft_contrastive_loss_param
         return cls(
@@ -345,9 +320,6 @@ layer { name: "loss" type: "SoftContrastiveLoss" bottom: "d" bottom: "label" top
             p.square,
             len(layer.top) == 2,
         )
-
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [()] + ([(2,)] if self.output_distances else [])
 
     def forward(
         self, d: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None
@@ -387,8 +359,4 @@ layer { name: "loss" type: "SoftContrastiveLoss" bottom: "d" bottom: "label" top
             stats = torch.stack(
                 [truncated.sum() / num, torch.where(negative, gap, zeros).sum() / num / (dim - 1)]
             ).to(d.dtype)
-        if unit_grad is not None:
-            loss = CaffeGradient.apply(d, loss.to(d.dtype), unit_grad)
-        if self.output_distances:
-            return loss, stats
-        return loss
+        return self._outputs(d, loss, unit_grad, stats)

@@ -9,12 +9,10 @@ travels with ``state_dict()`` but never with a caffemodel.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer, Shape, canonical_axis
-from caffe_compat.layers.face.common import check_labels, count_of, int_labels
+from caffe_compat.layers.base import Blob, BuildContext, Shape
+from caffe_compat.layers.face.common import MarginInnerProductBase, count_of
 from caffe_compat.layers.fillers import fill
 from caffe_compat.layers.registry import register
 from caffe_compat.proto import caffe_pb2
@@ -135,7 +133,7 @@ class _LargeMarginFunction(torch.autograd.Function):
 
 
 @register("LargeMarginInnerProduct")
-class LargeMarginInnerProduct(CaffeLayer):
+class LargeMarginInnerProduct(MarginInnerProductBase):
     """L-Softmax's large-margin inner product (``largemargin_inner_product_layer.cpp``,
     happynear/caffe-windows commit 967eedf2). Bottoms (x, label[, weight]); tops y and lambda.
 
@@ -172,7 +170,6 @@ layer { name: "fc6" type: "LargeMarginInnerProduct" bottom: "x" bottom: "label" 
 """
 
     weight: torch.nn.Parameter | None
-    iter_count: torch.Tensor
 
     def __init__(
         self,
@@ -188,17 +185,7 @@ layer { name: "fc6" type: "LargeMarginInnerProduct" bottom: "x" bottom: "label" 
         weight_bottom: bool = False,
         weight: torch.Tensor | None = None,
     ) -> None:
-        super().__init__()
-        if margin not in (1, 2, 3, 4):
-            raise ValueError(f"margin must be 1, 2, 3 or 4, got {margin}")
-        self.num_output = int(num_output)
-        self.in_features = int(in_features)
-        self.margin = int(margin)
-        self.axis = int(axis)
-        self.base = float(base)
-        self.gamma = float(gamma)
-        self.power = float(power)
-        self.lambda_min = float(lambda_min)
+        super().__init__(num_output, in_features, margin, axis, base, gamma, power, lambda_min)
         self.weight_bottom = bool(weight_bottom)
         if self.weight_bottom:
             self.set_blob("weight", None)
@@ -207,11 +194,6 @@ layer { name: "fc6" type: "LargeMarginInnerProduct" bottom: "x" bottom: "label" 
                 weight = torch.zeros(self.num_output, self.in_features)
             self.set_blob("weight", weight)
         self.register_buffer("iter_count", torch.tensor(int(iteration), dtype=torch.int64))
-
-    @property
-    def iteration(self) -> int:
-        """Caffe's ``iter_``: the number of forwards so far plus the ``iteration`` parameter."""
-        return int(self.iter_count)
 
     @classmethod
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> LargeMarginInnerProduct:
@@ -222,17 +204,9 @@ layer { name: "fc6" type: "LargeMarginInnerProduct" bottom: "x" bottom: "label" 
                 f"second), got {len(layer.top)}"
             )
         p = layer.largemargin_inner_product_param
-        x_shape, label_shape = ctx.bottom_shapes[0], ctx.bottom_shapes[1]
-        if not x_shape:
-            raise ctx.error("the data bottom must have a batch axis")
-        if not label_shape or label_shape[0] != x_shape[0]:
-            raise ctx.error(
-                f"the number of labels must match the number of outputs: data {list(x_shape)}, "
-                f"labels {list(label_shape)} (one integer label in [0, num_output) per sample)"
-            )
-        axis = canonical_axis(p.axis, len(x_shape), ctx)
-        check_labels(ctx, label_shape, count_of(x_shape, 0, axis))
-        in_features = count_of(x_shape, axis)
+        cls._check_label_bottom(ctx)
+        axis, in_features = cls._flatten(ctx, p.axis)
+        x_shape = ctx.bottom_shapes[0]
         weight = None
         if len(layer.bottom) == 3:
             w_shape = ctx.bottom_shapes[2]
@@ -250,36 +224,22 @@ layer { name: "fc6" type: "LargeMarginInnerProduct" bottom: "x" bottom: "label" 
         return cls(
             num_output,
             in_features,
-            margin=int(p.type) + 1,
             axis=axis,
-            base=p.base,
-            gamma=p.gamma,
-            power=p.power,
-            iteration=p.iteration,
-            lambda_min=p.lambda_min,
             weight_bottom=len(layer.bottom) == 3,
             weight=weight,
+            **cls._schedule_options(p),
         )
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [tuple(bottom_shapes[0][: self.axis]) + (self.num_output,), (1,)]
-
-    def lambda_at(self, iteration: int | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``max(base * (1 + gamma * iteration)^(-power), lambda_min)`` in ``dtype``."""
-        it = torch.as_tensor(iteration, device=self.iter_count.device).to(dtype)
-        lam = self.base * torch.pow(1.0 + self.gamma * it, -self.power)
-        return torch.clamp(lam, min=self.lambda_min)
+        return [self._logits_shape(bottom_shapes), (1,)]
 
     def forward(
         self, x: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            self.iter_count.add_(1)
+        self._advance()
         lam = self.lambda_at(self.iter_count, x.dtype).to(x.device)
         w = weight.reshape(self.num_output, self.in_features) if self.weight_bottom else self.weight
-        outer = x.shape[: self.axis]
-        rows = x.reshape(math.prod(outer), self.in_features)
-        labels = int_labels(label, rows.shape[0])
+        outer, rows, labels = self._rows(x, label)
         y = _LargeMarginFunction.apply(rows, w.to(rows.dtype), labels, lam, self.margin)
         return y.reshape(*outer, self.num_output), lam.detach().reshape(1)
 

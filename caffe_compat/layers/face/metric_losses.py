@@ -11,30 +11,22 @@ import math
 
 import torch
 
-from caffe_compat.layers.base import BuildContext, CaffeLayer, Shape
+from caffe_compat.layers.base import BuildContext
 from caffe_compat.layers.face.common import (
-    CaffeGradient,
+    DistanceLoss,
     int_labels,
     needs_grad,
     one_hot,
 )
+from caffe_compat.layers.loss import _loss_checks
 from caffe_compat.layers.registry import register
 from caffe_compat.proto import caffe_pb2
 
 # -- NormFace losses -----------------------------------------------------------------------------
 
 
-def _check_loss_bottoms(ctx: BuildContext) -> None:
-    """``LossLayer::Reshape``: data and label share their first dimension."""
-    data, label = ctx.bottom_shapes[0], ctx.bottom_shapes[1]
-    if not data or not label or data[0] != label[0]:
-        raise ctx.error(
-            f"the data and label should have the same first dimension, got {list(data)} and {list(label)}"
-        )
-
-
 @register("GeneralContrastiveLoss")
-class GeneralContrastiveLoss(CaffeLayer):
+class GeneralContrastiveLoss(DistanceLoss):
     """NormFace's contrastive loss on a distance matrix (``general_constrastive_loss_layer.cpp``).
 
     Bottoms (d, label[, data]): ``d[i, j]`` is the distance of sample i to class j (with three
@@ -59,7 +51,6 @@ class GeneralContrastiveLoss(CaffeLayer):
 
     family = "metric loss"
 
-    is_loss = True
     example = """
 layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 4 dim: 7 } } }
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
@@ -107,7 +98,7 @@ layer { name: "loss" type: "GeneralContrastiveLoss" bottom: "d" bottom: "label" 
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> GeneralContrastiveLoss:
         ctx.check_bottoms(2, 3)
         ctx.check_tops(1, 2)
-        _check_loss_bottoms(ctx)
+        _loss_checks(ctx)
         if len(layer.bottom) == 3 and tuple(ctx.bottom_shapes[2]) != tuple(ctx.bottom_shapes[0]):
             raise ctx.error(
                 f"the third bottom {list(ctx.bottom_shapes[2])} must have the shape of the first "
@@ -131,8 +122,8 @@ layer { name: "loss" type: "GeneralContrastiveLoss" bottom: "d" bottom: "label" 
             len(layer.top) == 2,
         )
 
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [()] + ([(3,) if self.add_intra_mae else (2,)] if self.output_distances else [])
+    def _stats_size(self) -> int:
+        return 3 if self.add_intra_mae else 2
 
     def forward(
         self, d: torch.Tensor, label: torch.Tensor, data: torch.Tensor | None = None
@@ -182,14 +173,13 @@ layer { name: "loss" type: "GeneralContrastiveLoss" bottom: "d" bottom: "label" 
                     self._caffe_diff(rows, same, onehot, candidate, neg_margin, max_positive, max_negative)
                     / num
                 )
-        if unit_grad is not None:
-            loss = CaffeGradient.apply(d, loss.to(d.dtype), unit_grad.reshape(d.shape).to(d.dtype))
-        if not self.output_distances:
-            return loss
-        stats = [positive_distance / num, negative_distance / num / (dim - 1)]
-        if self.add_intra_mae:
-            stats.append(self.intra_mae.to(rows.dtype))
-        return loss, torch.stack(stats).to(d.dtype)
+        stats = None
+        if self.output_distances:
+            values = [positive_distance / num, negative_distance / num / (dim - 1)]
+            if self.add_intra_mae:
+                values.append(self.intra_mae.to(rows.dtype))
+            stats = torch.stack(values).to(d.dtype)
+        return self._outputs(d, loss, unit_grad, stats)
 
     def _caffe_diff(
         self,
@@ -228,7 +218,7 @@ layer { name: "loss" type: "GeneralContrastiveLoss" bottom: "d" bottom: "label" 
 
 
 @register("GeneralTripletLoss")
-class GeneralTripletLoss(CaffeLayer):
+class GeneralTripletLoss(DistanceLoss):
     """NormFace's triplet loss on a distance matrix (``general_triplet_loss_layer.cpp``).
 
     Bottoms (d, label). Per non-target: ``max(0, d_iy + margin - d_ij) * negative_weight``;
@@ -246,7 +236,6 @@ class GeneralTripletLoss(CaffeLayer):
 
     family = "metric loss"
 
-    is_loss = True
     example = """
 layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 4 dim: 7 } } }
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
@@ -279,7 +268,7 @@ layer { name: "loss" type: "GeneralTripletLoss" bottom: "d" bottom: "label" top:
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> GeneralTripletLoss:
         ctx.check_bottoms(2)
         ctx.check_tops(1, 2)
-        _check_loss_bottoms(ctx)
+        _loss_checks(ctx)
         p = layer.general_triplet_loss_param
         return cls(
             p.margin,
@@ -291,9 +280,6 @@ layer { name: "loss" type: "GeneralTripletLoss" bottom: "d" bottom: "label" top:
             p.negative_weight,
             len(layer.top) == 2,
         )
-
-    def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        return [()] + ([(2,)] if self.output_distances else [])
 
     def forward(
         self, d: torch.Tensor, label: torch.Tensor
@@ -327,12 +313,10 @@ layer { name: "loss" type: "GeneralTripletLoss" bottom: "d" bottom: "label" top:
             unit_grad = None
             if wants_grad:
                 unit_grad = self._caffe_diff(rows, same, onehot, terms, first, hardest, valid) / num
-        if unit_grad is not None:
-            loss = CaffeGradient.apply(d, loss.to(d.dtype), unit_grad.reshape(d.shape).to(d.dtype))
-        if not self.output_distances:
-            return loss
-        stats = torch.stack([positive_distance / num, negative_distance / num / (dim - 1)])
-        return loss, stats.to(d.dtype)
+        stats = None
+        if self.output_distances:
+            stats = torch.stack([positive_distance / num, negative_distance / num / (dim - 1)]).to(d.dtype)
+        return self._outputs(d, loss, unit_grad, stats)
 
     def _caffe_diff(
         self,

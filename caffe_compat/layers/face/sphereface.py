@@ -8,16 +8,10 @@ buffer that is not a Caffe blob: it travels with ``state_dict()`` but never with
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from caffe_compat.layers.base import Blob, BuildContext, CaffeLayer, Shape, canonical_axis
-from caffe_compat.layers.face.common import (
-    check_labels,
-    count_of,
-    int_labels,
-)
+from caffe_compat.layers.base import Blob, BuildContext, Shape
+from caffe_compat.layers.face.common import MarginInnerProductBase
 from caffe_compat.layers.fillers import fill
 from caffe_compat.layers.registry import register
 from caffe_compat.proto import caffe_pb2
@@ -138,7 +132,7 @@ class _MarginInnerProductFunction(torch.autograd.Function):
 
 
 @register("MarginInnerProduct")
-class MarginInnerProduct(CaffeLayer):
+class MarginInnerProduct(MarginInnerProductBase):
     """SphereFace's A-Softmax inner product (``margin_inner_product_layer.cpp``, identical in
     wy1iu/sphereface and happynear/caffe-windows). Bottoms (x, label); tops y and optionally lambda.
 
@@ -171,7 +165,6 @@ layer { name: "fc6" type: "MarginInnerProduct" bottom: "x" bottom: "label" top: 
 """
 
     weight: torch.nn.Parameter
-    iter_count: torch.Tensor
 
     def __init__(
         self,
@@ -188,17 +181,7 @@ layer { name: "fc6" type: "MarginInnerProduct" bottom: "x" bottom: "label" top: 
         exact_grad: bool = False,
         weight: torch.Tensor | None = None,
     ) -> None:
-        super().__init__()
-        if margin not in (1, 2, 3, 4):
-            raise ValueError(f"margin must be 1, 2, 3 or 4, got {margin}")
-        self.num_output = int(num_output)
-        self.in_features = int(in_features)
-        self.margin = int(margin)
-        self.axis = int(axis)
-        self.base = float(base)
-        self.gamma = float(gamma)
-        self.power = float(power)
-        self.lambda_min = float(lambda_min)
+        super().__init__(num_output, in_features, margin, axis, base, gamma, power, lambda_min)
         self.output_lambda = bool(output_lambda)
         self.exact_grad = bool(exact_grad)
         if weight is None:
@@ -206,53 +189,27 @@ layer { name: "fc6" type: "MarginInnerProduct" bottom: "x" bottom: "label" top: 
         self.set_blob("weight", weight)
         self.register_buffer("iter_count", torch.tensor(int(iteration), dtype=torch.int64))
 
-    @property
-    def iteration(self) -> int:
-        """Caffe's ``iter_``: the number of forwards so far plus the ``iteration`` parameter."""
-        return int(self.iter_count)
-
     @classmethod
     def from_caffe(cls, layer: caffe_pb2.LayerParameter, ctx: BuildContext) -> MarginInnerProduct:
         ctx.check_bottoms(2)
         ctx.check_tops(1, 2)
         p = layer.margin_inner_product_param
-        x_shape, label_shape = ctx.bottom_shapes
-        if not x_shape:
-            raise ctx.error("the data bottom must have a batch axis")
-        if not label_shape or label_shape[0] != x_shape[0]:
-            raise ctx.error(
-                f"the number of labels must match the number of outputs: data {list(x_shape)}, "
-                f"labels {list(label_shape)} (one integer label in [0, num_output) per sample)"
-            )
+        cls._check_label_bottom(ctx)
         if p.num_output <= 0:
             raise ctx.error("margin_inner_product_param.num_output must be positive")
-        axis = canonical_axis(p.axis, len(x_shape), ctx)
-        check_labels(ctx, label_shape, count_of(x_shape, 0, axis))
-        in_features = count_of(x_shape, axis)
+        axis, in_features = cls._flatten(ctx, p.axis)
         weight = fill((p.num_output, in_features), p.weight_filler, f"layer '{layer.name}'")
         return cls(
             p.num_output,
             in_features,
-            margin=int(p.type) + 1,
             axis=axis,
-            base=p.base,
-            gamma=p.gamma,
-            power=p.power,
-            iteration=p.iteration,
-            lambda_min=p.lambda_min,
             output_lambda=len(layer.top) == 2,
             weight=weight,
+            **cls._schedule_options(p),
         )
 
     def top_shapes(self, bottom_shapes: list[Shape]) -> list[Shape]:
-        shape = tuple(bottom_shapes[0][: self.axis]) + (self.num_output,)
-        return [shape] + ([(1,)] if self.output_lambda else [])
-
-    def lambda_at(self, iteration: int | torch.Tensor) -> torch.Tensor:
-        """``max(base * (1 + gamma * iteration)^(-power), lambda_min)`` as a float32 tensor."""
-        it = torch.as_tensor(iteration, device=self.iter_count.device).to(torch.float32)
-        lam = self.base * torch.pow(1.0 + self.gamma * it, -self.power)
-        return torch.clamp(lam, min=self.lambda_min)
+        return [self._logits_shape(bottom_shapes)] + ([(1,)] if self.output_lambda else [])
 
     def normalize_weight_(self) -> None:
         """Caffe's in-place row normalisation of the weight blob (``w *= 1 / sqrt(|w|^2)``)."""
@@ -262,13 +219,10 @@ layer { name: "fc6" type: "MarginInnerProduct" bottom: "x" bottom: "label" top: 
     def forward(
         self, x: torch.Tensor, label: torch.Tensor
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            self.iter_count.add_(1)
+        self._advance()
         lam = self.lambda_at(self.iter_count)
         self.normalize_weight_()
-        outer = x.shape[: self.axis]
-        rows = x.reshape(math.prod(outer), self.in_features)
-        labels = int_labels(label, rows.shape[0])
+        outer, rows, labels = self._rows(x, label)
         lam_x = lam.to(rows.dtype)
         if self.exact_grad:
             y = margin_logits(rows, self.weight, labels, lam_x, self.margin)
