@@ -372,8 +372,21 @@ def test_batch_option_fixes_the_batch_axis(mirror_net: tuple[Path, Path], tmp_pa
     assert session.run(None, {"x": np.zeros((2, 3, 5, 7), np.float32)})[0].shape == (2, 4)
     with pytest.raises(Exception, match="(?i)dimension|shape"):
         session.run(None, {"x": np.zeros((3, 3, 5, 7), np.float32)})
-    text = convert(prototxt, weights, "py", tmp_path / "fixed_net.py", batch=2).outputs[0].read_text()
+    code = convert(prototxt, weights, "py", tmp_path / "fixed_net.py", batch=2).outputs[0]
+    text = code.read_text()
     assert "INPUT_SHAPES = {'x': (2, 3, 5, 7)}" in text and ".size(0)" not in text
+    fixed = import_file(code).load()
+    assert fixed(x=torch.zeros(2, 3, 5, 7))["y"].shape == (2, 4)
+    with pytest.raises(
+        ValueError, match=r"input 'x' has shape \[3, 3, 5, 7\]; this net takes \[2, 3, 5, 7\]"
+    ):
+        fixed(x=torch.zeros(3, 3, 5, 7))
+    anysize = import_file(convert(prototxt, weights, "py", tmp_path / "any_net.py").outputs[0]).load()
+    assert anysize(x=torch.zeros(3, 3, 5, 7))["y"].shape == (3, 4)
+    with pytest.raises(
+        ValueError, match=r"input 'x' has shape \[3, 3, 5, 6\]; this net takes \[None, 3, 5, 7\]"
+    ):
+        anysize(x=torch.zeros(3, 3, 5, 6))
 
 
 def test_a_net_whose_graph_needs_its_batch_size_is_exported_for_it_with_a_note(tmp_path: Path) -> None:

@@ -201,6 +201,13 @@ class Net(nn.Module):
             raise TypeError(
                 f"the net's inputs are {{list(INPUT_NAMES)}}; unknown {{unknown}}, missing {{missing}}"
             )
+        for name, expected in INPUT_SHAPES.items():
+            shape = tuple(given[name].shape)
+            if len(shape) != len(expected) or any(e is not None and e != d for e, d in zip(expected, shape)):
+                raise ValueError(
+                    f"input '{{name}}' has shape {{list(shape)}}; "
+                    f"this net takes {{list(expected)}} (None: any size)"
+                )
         return self.graph({arguments})
 
 {_indent(body, "    ")}
