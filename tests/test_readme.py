@@ -194,7 +194,7 @@ def test_margin_losses_blocks_run() -> None:
         phase="TRAIN",
     )
     logits = net(fc5=torch.randn(2, 512), label=torch.tensor([1.0, 7.0]))["fc6"]
-    assert logits.shape == (2, 10516) and float(logits.abs().max()) <= 64.0 + 1e-3
+    assert logits.shape == (2, 10516) and float(logits.detach().abs().max()) <= 64.0 + 1e-3
 
 
 # -- the command line -----------------------------------------------------------------------------
