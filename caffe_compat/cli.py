@@ -29,13 +29,34 @@ def normalize_flags(argv: Sequence[str]) -> list[str]:
 
 def _add_inspect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a net or solver prototxt, .caffemodel, .solverstate or .binaryproto")
-    parser.add_argument("--phase", default="TEST", help="phase to infer shapes in (TRAIN or TEST)")
+    parser.add_argument(
+        "--phase",
+        default="TEST",
+        type=str.upper,
+        choices=("TRAIN", "TEST"),
+        help="the phase whose layers are listed and shaped (default TEST)",
+    )
+    parser.add_argument("--level", type=int, default=0, help="the NetState level")
+    parser.add_argument("--stage", default="", help="NetState stages, separated by ','")
+    parser.add_argument(
+        "--input-shape",
+        "--input_shape",
+        dest="input_shape",
+        action="append",
+        default=[],
+        metavar="TOP=N,C,H,W",
+        help="shape of an input or data layer top whose source is not at hand, e.g. data=32,3,112,96 "
+        "(repeatable; a data layer's label tops get N)",
+    )
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from caffe_compat.summary import summarize
+    from converters.convert import parse_shape
 
-    print(summarize(args.file, phase=args.phase))
+    shapes = dict(parse_shape(text) for text in args.input_shape)
+    stages = [s for s in args.stage.split(",") if s]
+    print(summarize(args.file, phase=args.phase, level=args.level, stages=stages, input_shapes=shapes))
     return 0
 
 

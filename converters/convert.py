@@ -3,7 +3,8 @@
 Formats: pt (state_dict + prototxt), safetensors, py (standalone PyTorch source + weights), onnx,
 torchscript, caffemodel. Every conversion runs the source net and the converted artifact on the
 same inputs and prints each output's max absolute and relative error; above ``--tol`` it exits
-non-zero and writes nothing (``--no-verify`` skips the check).
+non-zero and writes nothing (``--no-verify`` skips the check). The traced formats (py, onnx,
+torchscript) take any batch size unless ``--batch N`` fixes one; ``-o`` may name a folder.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="; ".join(f"{name}: {text}" for name, text in FORMATS.items()),
     )
     parser.add_argument(
-        "-o", "--output", required=True, help="output file (py: NAME.py, weights go to NAME.pt)"
+        "-o",
+        "--output",
+        required=True,
+        help="output file (py: NAME.py, weights go to NAME.pt), or a folder (created when missing) to "
+        "write net.py/net.pt (py) or <prototxt name>.<format extension> in",
     )
     parser.add_argument(
         "--deploy",
@@ -54,7 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "consumers are dropped (always done for py, onnx, torchscript)",
     )
     parser.add_argument(
-        "--batch", type=int, help="batch size of every input (traced formats are fixed to it)"
+        "--batch",
+        type=int,
+        help="fix the batch size of every input (default: py, onnx and torchscript take any batch size, "
+        "and conversions are verified at batch 4)",
     )
     parser.add_argument(
         "--input-shape",

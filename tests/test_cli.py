@@ -93,3 +93,115 @@ def test_console_script_error_is_one_line(tmp_path: Path) -> None:
 def test_plugin_that_does_not_import(capsys: pytest.CaptureFixture) -> None:
     assert main(["--plugin", "no_such_module_xyz", "inspect", "x"]) == 1
     assert "cannot import plugin module 'no_such_module_xyz'" in capsys.readouterr().err
+
+
+# -- inspect: phase, stages, input shapes --------------------------------------------------------
+
+AMSOFTMAX = ROOT / "prototxt" / "amsoftmax"
+
+
+def _inspect(capsys: pytest.CaptureFixture, *argv: str) -> list[str]:
+    assert main(["inspect", *argv]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_inspect_lists_only_the_layers_of_the_phase(capsys: pytest.CaptureFixture) -> None:
+    """face_train_test has a TRAIN and a TEST data layer and a TEST-only Accuracy layer."""
+    test_lines = _inspect(capsys, str(AMSOFTMAX / "face_train_test.prototxt"))
+    assert "56 layers in phase TEST (1 more in other phases or states)" in test_lines[0]
+    assert [line.split()[0] for line in test_lines[2:]].count("data") == 1
+    assert any(line.startswith("Accuracy ") for line in test_lines)
+    # without the data (C:/datasets/...) nothing can be shaped: the note says which flag helps
+    assert test_lines[-1].startswith("(no blob shapes or parameter counts: the data layer 'data' (ImageData)")
+    assert test_lines[-1].endswith("give --input-shape data=N,C,H,W)")
+    train_lines = _inspect(capsys, str(AMSOFTMAX / "face_train_test.prototxt"), "-phase", "TRAIN")
+    assert "55 layers in phase TRAIN (2 more in other phases or states)" in train_lines[0]
+    assert not any(line.startswith("Accuracy ") for line in train_lines)
+
+
+def test_inspect_takes_input_shapes_for_data_layers(capsys: pytest.CaptureFixture) -> None:
+    lines = _inspect(
+        capsys,
+        str(AMSOFTMAX / "face_train_test.prototxt"),
+        "--phase",
+        "train",
+        "--input-shape",
+        "data=32,3,112,96",
+    )
+    assert lines[0].endswith(
+        "55 layers in phase TRAIN (2 more in other phases or states), 28,065,364 parameters"
+    )
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert "data [32, 3, 112, 96], label [32]" in rows["data"]
+    assert "conv1_1 [32, 64, 56, 48]" in rows["conv1_1"] and rows["conv1_1"].endswith("[64, 3, 3, 3] [64]")
+    assert "fc5 [32, 512]" in rows["fc5"] and rows["fc5"].endswith("[512, 21504] [512]")
+    assert "fc6 [32, 10516]" in rows["fc6_l2"] and rows["fc6_l2"].endswith("[10516, 512]")
+    # the deploy net has an Input layer: shapes and parameters without any flag
+    deploy = _inspect(capsys, str(AMSOFTMAX / "face_deploy_mirror_normalize.prototxt"))
+    assert deploy[0].endswith("55 layers in phase TEST, 22,670,656 parameters")
+    assert any("concat_data [200, 3, 112, 96]" in line for line in deploy)
+
+
+def test_inspect_filters_by_stage_and_level(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    net = tmp_path / "staged.prototxt"
+    net.write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "plain" type: "ReLU" bottom: "x" top: "a" }\n'
+        'layer { name: "deployed" type: "Sigmoid" bottom: "a" top: "b" include { stage: "deploy" } }\n'
+        'layer { name: "deep" type: "TanH" bottom: "a" top: "c" include { min_level: 2 } }\n'
+    )
+    names = lambda lines: [line.split()[0] for line in lines[3:]]  # noqa: E731
+    assert names(_inspect(capsys, str(net))) == ["x", "plain"]
+    assert names(_inspect(capsys, str(net), "-stage", "deploy")) == ["x", "plain", "deployed"]
+    lines = _inspect(capsys, str(net), "--stage", "deploy", "--level", "2")
+    assert names(lines) == ["x", "plain", "deployed", "deep"]
+    assert "4 layers in phase TEST, level 2, stages deploy" in lines[0]
+    assert main(["inspect", str(net), "--input-shape", "nope=1,2"]) == 1
+    assert "--input-shape names ['nope'], which no layer in phase TEST produces" in capsys.readouterr().err
+
+
+# -- empty nets and files that are not what the command expects ----------------------------------
+
+
+def test_empty_or_layerless_nets_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty, layerless = tmp_path / "empty.prototxt", tmp_path / "layerless.prototxt"
+    empty.write_text("")
+    layerless.write_text('name: "nothing"\n')
+    for argv, message in (
+        (["time", "-model", str(empty)], f"{empty}: the net has no layers: nothing to run"),
+        (["time", "-model", str(layerless)], f"{layerless}: the net has no layers: nothing to run"),
+        (["test", "-model", str(layerless), "-weights", "w.caffemodel"], "the net has no layers"),
+        (
+            ["inspect", str(empty)],
+            f"{empty}: the file is empty (0 bytes): not a net or solver prototxt, caffemodel, solverstate "
+            "or mean file",
+        ),
+        (["inspect", str(layerless)], f"{layerless}: the net has no layers"),
+    ):
+        assert main(argv) == 1, argv
+        last = capsys.readouterr().err.splitlines()[-1]  # after the tool's log lines (time, test)
+        assert last.startswith(f"caffe-compat {argv[0]}: error: ") and message in last, last
+
+
+def test_a_net_given_as_solver_and_the_reverse_are_named(capsys: pytest.CaptureFixture) -> None:
+    deploy = AMSOFTMAX / "face_deploy_mirror_normalize.prototxt"
+    assert main(["train", "-solver", str(deploy)]) == 1
+    err = capsys.readouterr().err
+    assert err.rstrip("\n").endswith(
+        "1:1: unknown field 'input' in SolverParameter. No known Caffe fork defines it. This looks like a "
+        "net prototxt, not a solver: a solver names it in its 'net' field (give nets to -model)."
+    )
+    assert main(["time", "-model", str(AMSOFTMAX / "face_solver.prototxt")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "unknown field 'net' in NetParameter. No known Caffe fork defines it. This looks like a solver" in err
+    )
+
+
+def test_a_missing_file_names_the_files_it_may_be(capsys: pytest.CaptureFixture) -> None:
+    guessed = AMSOFTMAX / "face_deploy.prototxt"  # the demo's ONNX used to be face_deploy.onnx
+    hint = f"; did you mean {AMSOFTMAX / 'face_deploy_mirror_normalize.prototxt'}?"
+    assert main(["inspect", str(guessed)]) == 1
+    assert capsys.readouterr().err.rstrip("\n").endswith(f"file not found: {guessed}{hint}")
+    assert main(["time", "-model", str(guessed)]) == 1
+    assert capsys.readouterr().err.rstrip("\n").endswith(f"net prototxt file not found: {guessed}{hint}")

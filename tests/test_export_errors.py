@@ -20,6 +20,7 @@ from caffe_compat.errors import WeightsError
 from caffe_compat.export import convert as convert_module
 from caffe_compat.export.convert import convert
 from caffe_compat.export.errors import ExportError, VerificationError
+from caffe_compat.export.standalone import import_file
 from caffe_compat.layers import CaffeLayer, register, registered_types
 
 LAYERS = Path(__file__).parent / "goldens" / "layers"
@@ -228,15 +229,68 @@ def test_whole_parameter_updates_become_functional_with_a_note(tmp_path: Path) -
 # -- outputs that cannot be written --------------------------------------------------------------
 
 
-def test_missing_output_folder(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match=r"folder .*nowhere does not exist"):
-        convert(CONV / "net.prototxt", CONV / "weights.caffemodel", "onnx", tmp_path / "nowhere" / "x.onnx")
+def test_convert_creates_missing_output_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "new" / "deeper" / "net.py"
+    argv = [
+        "convert",
+        str(CONV / "net.prototxt"),
+        str(CONV / "weights.caffemodel"),
+        "--to",
+        "py",
+        "-o",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert out.is_file() and out.with_suffix(".pt").is_file()
+    assert f"wrote {out}, {out.with_suffix('.pt')} (py, verified)" in capsys.readouterr().out
 
 
-def test_output_that_is_a_folder(tmp_path: Path) -> None:
-    (tmp_path / "taken.onnx").mkdir()
-    with pytest.raises(ExportError, match=r"taken\.onnx: it is a folder"):
-        convert(CONV / "net.prototxt", CONV / "weights.caffemodel", "onnx", tmp_path / "taken.onnx")
+@pytest.mark.parametrize("form", ["existing", "trailing-slash", "no-suffix"])
+def test_py_output_to_a_folder_writes_net_py_and_net_pt(form: str, tmp_path: Path) -> None:
+    folder = tmp_path / "exported"
+    if form == "existing":
+        folder.mkdir()
+    given = str(folder) + ("/" if form == "trailing-slash" else "")
+    argv = [
+        "convert",
+        str(CONV / "net.prototxt"),
+        str(CONV / "weights.caffemodel"),
+        "--to",
+        "py",
+        "-o",
+        given,
+    ]
+    assert main(argv) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["net.pt", "net.py"]
+    module = import_file(folder / "net.py")
+    with np.load(CONV / "inputs.npz") as data:
+        x = torch.from_numpy(data["x"])
+    with torch.no_grad():
+        expected = cc.Net(CONV / "net.prototxt", weights=CONV / "weights.caffemodel", phase="TEST")(x=x)["y"]
+        torch.testing.assert_close(module.load()(x=x)["y"], expected)
+
+
+def test_other_formats_into_a_folder_are_named_after_the_prototxt(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for fmt, names in (("onnx", ["net.onnx"]), ("pt", ["net.onnx", "net.prototxt", "net.pt"])):
+        result = convert(CONV / "net.prototxt", CONV / "weights.caffemodel", fmt, folder)
+        assert result.outputs[0] == folder / f"net.{fmt}"
+        assert sorted(p.name for p in folder.iterdir()) == names
+
+
+def test_a_failed_conversion_removes_the_output_folders_it_created(tmp_path: Path) -> None:
+    other = LAYERS / "conv_stride2_pad1" / "weights.caffemodel"  # 5 filters, not 4
+    with pytest.raises(WeightsError, match="conv"):
+        convert(CONV / "net.prototxt", other, "onnx", tmp_path / "new" / "deeper" / "x.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_below_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match=r"x\.onnx: .*file is not a folder"):
+        convert(CONV / "net.prototxt", CONV / "weights.caffemodel", "onnx", tmp_path / "file" / "x.onnx")
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_unwritable_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import caffe_compat as cc
+from caffe_compat.cli import main
 from caffe_compat.export.convert import convert
 from caffe_compat.export.standalone import import_file
 from caffe_compat.proto.io import blob_to_array, read_caffemodel
@@ -99,12 +100,23 @@ def face(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _convert_face(face: dict, fmt: str, name: str) -> Path:
+    """Convert the face deploy net (which declares batch 100) with no batch fixed: the traced
+    formats take any batch size, and everything is verified on the given batch-1 input."""
     out = face["folder"] / name
-    result = convert(FACE_DEPLOY, face["weights"], fmt, out, batch=1, inputs={"data": face["x"]})
+    result = convert(FACE_DEPLOY, face["weights"], fmt, out, inputs={"data": face["x"]})
     assert result.verification is not None and result.verification.ok
     (check,) = result.verification.checks
     assert check.name == "norm1" and check.shape == (1, 512, 1, 1)
     return out
+
+
+@pytest.fixture(scope="module")
+def face_batch3(face: dict) -> dict:
+    """Three other faces and the source Net's outputs for them (a batch size nothing was traced at)."""
+    x = torch.randn(3, 3, 112, 96, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        reference = cc.Net(FACE_DEPLOY, weights=face["weights"], phase="TEST")(data=x)["norm1"]
+    return {"x": x, "reference": reference}
 
 
 def test_face_pt_is_a_weights_only_state_dict_with_its_prototxt(face: dict) -> None:
@@ -116,15 +128,22 @@ def test_face_pt_is_a_weights_only_state_dict_with_its_prototxt(face: dict) -> N
         torch.testing.assert_close(net(data=face["x"])["norm1"], face["reference"], rtol=0, atol=0)
 
 
-def test_face_py_imports_and_matches(face: dict) -> None:
+def test_face_py_imports_and_matches(face: dict, face_batch3: dict) -> None:
     out = _convert_face(face, "py", "face_net.py")
     text = out.read_text()
     assert "class Net(nn.Module)" in text and "def load(weights_path" in text
     assert "# layer 'conv1_1' (Convolution)" in text and "torch.conv2d(" in text
     assert "caffe_compat" not in text.split('"""', 2)[2]  # only the docstring names its origin
+    # no batch size is baked in: the mirror trick's reshapes and split read it from the input
+    assert "INPUT_SHAPES = {'data': (None, 3, 112, 96)}" in text
+    assert "size = data.size(0)" in text and "reshape((size, 3, 112, 96))" in text
+    assert "[size, size]" in text and "100" not in text.split("class Net", 1)[1]
     module = import_file(out).load()
     with torch.no_grad():
         torch.testing.assert_close(module(data=face["x"])["norm1"], face["reference"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            module(data=face_batch3["x"])["norm1"], face_batch3["reference"], rtol=0, atol=0
+        )
 
 
 def test_face_py_runs_where_caffe_compat_cannot_be_imported(face: dict, tmp_path: Path) -> None:
@@ -152,20 +171,29 @@ def test_face_py_runs_where_caffe_compat_cannot_be_imported(face: dict, tmp_path
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), face["reference"].numpy())
 
 
-def test_face_onnx_runs_in_onnxruntime_with_caffe_blob_names(face: dict) -> None:
+def test_face_onnx_runs_in_onnxruntime_with_caffe_blob_names(face: dict, face_batch3: dict) -> None:
     out = _convert_face(face, "onnx", "face.onnx")
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["data"]
     assert [o.name for o in session.get_outputs()] == ["norm1"]
+    # a dynamic batch axis, although the prototxt declares 100 and the input had 1
+    assert session.get_inputs()[0].shape == ["N", 3, 112, 96]
+    assert session.get_outputs()[0].shape == ["N", 512, 1, 1]
     (y,) = session.run(None, {"data": face["x"].numpy()})
     np.testing.assert_allclose(y, face["reference"].numpy(), rtol=1e-4, atol=1e-6)
+    (y3,) = session.run(None, {"data": face_batch3["x"].numpy()})
+    assert y3.shape == (3, 512, 1, 1)
+    np.testing.assert_allclose(y3, face_batch3["reference"].numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_face_torchscript_loads_and_matches(face: dict) -> None:
+def test_face_torchscript_loads_and_matches(face: dict, face_batch3: dict) -> None:
     out = _convert_face(face, "torchscript", "face.ts")
     module = torch.jit.load(str(out))
     with torch.no_grad():
         torch.testing.assert_close(module(face["x"])["norm1"], face["reference"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            module(face_batch3["x"])["norm1"], face_batch3["reference"], rtol=0, atol=0
+        )
 
 
 def test_face_caffemodel_round_trips_blob_for_blob(face: dict) -> None:
@@ -279,3 +307,100 @@ def test_layers_that_rewrite_their_blobs_in_forward_export_functionally(tmp_path
         assert updated == {"s", "ip"}, result.notes
     scale = blob_to_array(stored.layer[1].blobs[0])
     assert scale.min() < 0.5 or scale.max() > 2  # the clamp matters for these weights
+
+
+# -- the batch axis ------------------------------------------------------------------------------
+
+MIRROR_NET = """
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 100 dim: 3 dim: 5 dim: 7 } } }
+layer { name: "flip" type: "Flip" bottom: "x" top: "flip" }
+layer { name: "both" type: "Concat" bottom: "x" bottom: "flip" top: "both" concat_param { axis: 0 } }
+layer { name: "ip" type: "InnerProduct" bottom: "both" top: "ip"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "halves" type: "Slice" bottom: "ip" top: "a" top: "b" slice_param { axis: 0 } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "y" }
+"""
+
+
+@pytest.fixture(scope="module")
+def mirror_net(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small deploy net that, like the face net, declares batch 100 and reshapes along the
+    batch axis (Concat then Slice of 2N rows), with its weights."""
+    folder = tmp_path_factory.mktemp("mirror")
+    prototxt = folder / "mirror.prototxt"
+    prototxt.write_text(MIRROR_NET)
+    torch.manual_seed(5)
+    weights = folder / "mirror.caffemodel"
+    cc.Net(prototxt, phase="TEST").save_caffemodel(weights)
+    return prototxt, weights
+
+
+def test_conversion_traces_and_verifies_at_small_batches_not_the_declared_one(
+    mirror_net: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The declared batch (100) would make a large net need GBs to trace; nothing runs at it."""
+    from caffe_compat.export import trace
+
+    traced: list[int] = []
+    original = trace.flatten
+
+    def recording(net, inputs=None, onnx_pooling=False):  # noqa: ANN001, ANN202
+        traced.append(int(inputs["x"].shape[0]))
+        return original(net, inputs, onnx_pooling)
+
+    monkeypatch.setattr(trace, "flatten", recording)
+    prototxt, weights = mirror_net
+    result = convert(prototxt, weights, "onnx", tmp_path / "mirror.onnx")
+    assert traced == [2, 3, 5]
+    assert result.verification is not None and [c.shape for c in result.verification.checks] == [(4, 4)]
+    assert any("['N', 3, 5, 7]" in note and "any batch size" in note for note in result.notes)
+    session = onnxruntime.InferenceSession(str(tmp_path / "mirror.onnx"), providers=["CPUExecutionProvider"])
+    net = cc.Net(prototxt, weights=weights, phase="TEST")
+    for batch in (1, 7, 100):
+        x = torch.randn(batch, 3, 5, 7)
+        (y,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(y, net(x=x)["y"].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_option_fixes_the_batch_axis(mirror_net: tuple[Path, Path], tmp_path: Path) -> None:
+    prototxt, weights = mirror_net
+    out = tmp_path / "fixed.onnx"
+    assert main(["convert", str(prototxt), str(weights), "--to", "onnx", "-o", str(out), "-batch", "2"]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [2, 3, 5, 7]
+    assert session.run(None, {"x": np.zeros((2, 3, 5, 7), np.float32)})[0].shape == (2, 4)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        session.run(None, {"x": np.zeros((3, 3, 5, 7), np.float32)})
+    code = convert(prototxt, weights, "py", tmp_path / "fixed_net.py", batch=2).outputs[0]
+    text = code.read_text()
+    assert "INPUT_SHAPES = {'x': (2, 3, 5, 7)}" in text and ".size(0)" not in text
+    fixed = import_file(code).load()
+    assert fixed(x=torch.zeros(2, 3, 5, 7))["y"].shape == (2, 4)
+    with pytest.raises(
+        ValueError, match=r"input 'x' has shape \[3, 3, 5, 7\]; this net takes \[2, 3, 5, 7\]"
+    ):
+        fixed(x=torch.zeros(3, 3, 5, 7))
+    anysize = import_file(convert(prototxt, weights, "py", tmp_path / "any_net.py").outputs[0]).load()
+    assert anysize(x=torch.zeros(3, 3, 5, 7))["y"].shape == (3, 4)
+    with pytest.raises(
+        ValueError, match=r"input 'x' has shape \[3, 3, 5, 6\]; this net takes \[None, 3, 5, 7\]"
+    ):
+        anysize(x=torch.zeros(3, 3, 5, 6))
+
+
+def test_a_net_whose_graph_needs_its_batch_size_is_exported_for_it_with_a_note(tmp_path: Path) -> None:
+    """Reshape with an explicit batch dimension only runs at the declared batch size."""
+    prototxt = tmp_path / "reshape.prototxt"
+    prototxt.write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 6 dim: 2 dim: 3 } } }\n'
+        'layer { name: "r" type: "Reshape" bottom: "x" top: "y"\n'
+        "        reshape_param { shape { dim: 6 dim: 6 } } }\n"
+    )
+    result = convert(prototxt, None, "onnx", tmp_path / "reshape.onnx")
+    assert result.verification is not None and result.verification.ok
+    assert [c.shape for c in result.verification.checks] == [(6, 6)]
+    (note,) = [n for n in result.notes if "runs at" in n]
+    assert "batch size 6 only" in note and "layer 'r' (Reshape)" in note
+    session = onnxruntime.InferenceSession(str(tmp_path / "reshape.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [6, 2, 3]

@@ -229,12 +229,28 @@ def test_parse_log_cli_writes_parse_log_py_csvs(tmp_path: Path, capsys: pytest.C
     assert float(train[21][5]) == expected["train"]["20"]["loss"]
     assert (
         train[-1][0] == "60"
-        and train[-1][2] == "nan"
+        and train[-1][2] == ""  # the final line's lr is not in the log: empty, like its outputs
         and train[-1][3] == ""
         and float(train[-1][5]) == 2.01222
     )
     assert [float(v) for v in test[4][3:]] == [0.625, 526.841, 1.99544]
     assert format_csv(parse_log(log)[1], delimiter=";").splitlines()[0] == ";".join(test[0])
+
+
+def test_parse_log_creates_its_output_folder_and_writes_unknowns_as_empty_cells(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    log = TRAIN_GOLDENS / "face20_softmax" / "caffe_train.log"
+    folder = tmp_path / "new" / "csv"
+    assert main(["parse-log", str(log), "--out-dir", str(folder)]) == 0
+    assert f"wrote {folder / 'caffe_train.log.train'} (61 rows)" in capsys.readouterr().out
+    with open(folder / "caffe_train.log.train", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert header == ["NumIters", "Seconds", "LearningRate", "softmax_loss", "SmoothedLoss"]
+    assert rows[-2][2] == "0.0001" and rows[-2][3] == "2.14748"
+    # Iteration 60's row (Solve()'s final line) has neither an lr nor outputs: empty cells, no 'nan'
+    assert rows[-1][0] == "60" and rows[-1][2:4] == ["", ""] and rows[-1][4] == "1.96397"
+    assert not any("nan" in cell for row in rows for cell in row)
 
 
 def test_parse_log_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -252,9 +268,9 @@ def test_parse_log_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
                 "parse-log",
                 str(TRAIN_GOLDENS / "solver_sgd_step" / "caffe_train.log"),
                 "--out-dir",
-                str(tmp_path / "no"),
+                str(empty / "below_a_file"),
             ],
-            "output folder",
+            "cannot create the output folder",
         ),
     ):
         assert main(argv) == 1

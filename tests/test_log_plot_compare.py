@@ -49,6 +49,29 @@ def test_plot_log_writes_a_labelled_png(tmp_path: Path, capsys: pytest.CaptureFi
     assert list(axes[1].get_lines()[1].get_xdata()) == [20, 40, 60]
 
 
+def test_plot_lr_line_reaches_max_iter_and_missing_folders_are_created(tmp_path: Path) -> None:
+    """The final ``Iteration max_iter, loss`` row has no lr; the rate in force is drawn up to it."""
+    stamp = "I1123 14:00:{:02d}.000000  4242 {}] {}"
+    lines = [stamp.format(0, "solver.cpp:295", "Solving net")]
+    for second, iteration, lr in ((1, 0, 0.01), (2, 10, 0.01), (3, 20, 0.001)):
+        lines += [
+            stamp.format(
+                second, "solver.cpp:224", f"Iteration {iteration} (1 iter/s, 1s/10 iters), loss = 2.5"
+            ),
+            stamp.format(second, "solver.cpp:243", "    Train net output #0: loss = 2.5 (* 1 = 2.5 loss)"),
+            stamp.format(second, "sgd_solver.cpp:137", f"Iteration {iteration}, lr = {lr}"),
+        ]
+    lines.append(stamp.format(4, "solver.cpp:316", "Iteration 30, loss = 2.25"))
+    log = tmp_path / "run.log"
+    log.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "new" / "folder" / "curves.png"
+    assert main(["plot-log", str(log), "-o", str(output)]) == 0
+    assert output.read_bytes().startswith(PNG_SIGNATURE)
+    lr_line = plot_logs([log], tmp_path / "c.png").get_axes()[-1].get_lines()[0]
+    assert list(lr_line.get_xdata()) == [0, 10, 20, 30]
+    assert list(lr_line.get_ydata()) == [0.01, 0.01, 0.001, 0.001]
+
+
 def test_plot_log_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     output = tmp_path / "curves.png"
     assert main(["plot-log", str(tmp_path / "missing.log"), "-o", str(output)]) == 1

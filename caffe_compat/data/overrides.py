@@ -16,6 +16,11 @@
   enums take their name or number; bools ``true/false/1/0``.
 
 The ``-set`` values are applied after ``--data-root``, so an explicit value wins.
+
+``check_data_paths`` (run by the command-line tools after the overrides) refuses a net whose
+data layers name a file that is not there, before any layer reads it, with the fix: a
+Windows path of the original config (``C:/datasets/...``) is named as such, with the
+``--data-root OLD=NEW`` command that maps it to the user's copy of the data.
 When ``phase`` is given (the net will be built in that phase only), unqualified keys consider
 only the layers of that phase.
 
@@ -27,8 +32,10 @@ rules is in it unless one of them names that phase.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from google.protobuf import descriptor
 from google.protobuf.message import Message
@@ -46,6 +53,15 @@ _PATH_FIELDS = {
 _PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
 _INDEXED = re.compile(r"^(\w+)\[(\d+)\]$")
 _DRIVE = re.compile(r"^[A-Za-z]:/")
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[/\\]|^\\\\")  # C:/, C:\ or \\server
+# The fields naming a file or folder that must exist (root_folder is a prefix, not a path).
+_MUST_EXIST = {
+    "image_data_param": ("source", "mean_file"),
+    "data_param": ("source", "mean_file"),
+    "hdf5_data_param": ("source",),
+    "window_data_param": ("source", "mean_file"),
+    "transform_param": ("mean_file",),
+}
 
 
 def _in_phase(layer: caffe_pb2.LayerParameter, phase: int) -> bool:
@@ -274,3 +290,90 @@ def net_transform(
         return apply_overrides(net_param, sets, data_root)
 
     return transform
+
+
+def is_windows_path(path: str) -> bool:
+    """A Windows drive or UNC path (``C:/data``, ``C:\\data``, ``\\\\server\\share``)."""
+    return _WINDOWS_PATH.match(path) is not None
+
+
+def _exists(path: str, net_dir: Path | None) -> bool:
+    """Whether ``path`` exists as the data layers resolve it (working directory, then the net's folder)."""
+    candidate = Path(path)
+    if candidate.exists():
+        return True
+    return not candidate.is_absolute() and net_dir is not None and (net_dir / candidate).exists()
+
+
+def _line_of(text: str | None, value: str) -> int | None:
+    """The 1-based line of the prototxt text where ``value`` is written in quotes."""
+    if not text:
+        return None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if f'"{value}"' in line or f"'{value}'" in line:
+            return number
+    return None
+
+
+def _folder_of(path: str) -> str:
+    """The folder part of a path written with / or \\ (the data set's root, for --data-root)."""
+    normalized = _normalized(path).rstrip("/")
+    head, _, _ = normalized.rpartition("/")
+    return head or normalized
+
+
+def check_data_paths(
+    net_param: caffe_pb2.NetParameter,
+    layers: Sequence[caffe_pb2.LayerParameter],
+    net_file: str | os.PathLike | None = None,
+    command: str = "caffe-compat train -solver SOLVER",
+    phase_name: str = "",
+) -> None:
+    """Refuse data layers naming a file that does not exist, with the command line that fixes it.
+
+    Args:
+        net_param: the net as it will be built (overrides applied).
+        layers: the layers of ``net_param`` that will be built (after FilterNet).
+        net_file: the prototxt the net was read from (relative paths; named with the line when
+            the path is written in it).
+        command: the user's command line, shown with the ``--data-root``/``-set`` option added.
+        phase_name: ``TRAIN``/``TEST``, for the ``-set`` key the message suggests.
+
+    Raises:
+        CaffeCompatError: one line naming the file, line, layer, field and path, and the fix.
+    """
+    path = Path(net_file) if net_file is not None else None
+    net_dir = path.resolve().parent if path is not None else None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace") if path is not None else None
+    except OSError:
+        text = None
+    names = [layer.name for layer in net_param.layer]
+    for layer in layers:
+        for param_name, fields in _MUST_EXIST.items():
+            if not layer.HasField(param_name):
+                continue
+            param = getattr(layer, param_name)
+            for field_name in fields:
+                value = getattr(param, field_name) if param.HasField(field_name) else ""
+                if not value or _exists(value, net_dir):
+                    continue
+                line = _line_of(text, value)
+                where = f"{path}:{line}: " if line else ""
+                what = f"{where}layer '{layer.name}' ({layer.type}"
+                what += f", {phase_name})" if phase_name else ")"
+                qualifier = f"{phase_name}:" if phase_name and names.count(layer.name) > 1 else ""
+                key = f"{qualifier}{layer.name}.{param_name}.{field_name}"
+                if is_windows_path(value) and os.name != "nt":
+                    old = _folder_of(value)
+                    new = f"/path/to/{old.rsplit('/', 1)[-1] or 'data'}"
+                    raise CaffeCompatError(
+                        f"{what}: {param_name}.{field_name} is '{value}', a Windows path written in the "
+                        f"original config, and it does not exist here; map it to your copy of the data "
+                        f"without editing the file: {command} --data-root {old}={new}"
+                    )
+                raise CaffeCompatError(
+                    f"{what}: {param_name}.{field_name} '{value}' does not exist; point it at your data "
+                    f"with --data-root OLD=NEW (replaces a path prefix) or -set {key}=PATH, e.g. "
+                    f"{command} -set {key}=/path/to/{Path(_normalized(value)).name}"
+                )

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from caffe_compat.errors import CaffeCompatError
 from caffe_compat.export import caffemodel as caffemodel_io
 from caffe_compat.export import onnx as onnx_io
 from caffe_compat.export import standalone, state_dict, torchscript
@@ -33,7 +34,15 @@ from caffe_compat.export.build import net_for_weights
 from caffe_compat.export.deploy import TRAINING_TYPES, apply_input_shapes, deploy_net
 from caffe_compat.export.errors import ExportError, VerificationError
 from caffe_compat.export.files import StagedOutputs, write_failure
-from caffe_compat.export.trace import example_inputs, flatten, net_input_shapes
+from caffe_compat.export.trace import (
+    BatchFixed,
+    FlatNet,
+    batch_inputs,
+    example_inputs,
+    flatten,
+    flatten_any_batch,
+    net_input_shapes,
+)
 from caffe_compat.export.verify import DEFAULT_TOL, Verification, compare
 from caffe_compat.net.net import Net
 from caffe_compat.proto import caffe_pb2
@@ -48,8 +57,12 @@ FORMATS = {
     "torchscript": "TorchScript module (torch.jit.trace of the deploy net)",
     "caffemodel": "binary caffemodel Caffe loads (same layer names, blob order and shapes)",
 }
-#: Formats made by tracing the net: always in deploy form and specialised to the input shapes.
+#: Formats made by tracing the net: always in deploy form; every axis but the batch is fixed.
 TRACED = frozenset({"py", "onnx", "torchscript"})
+#: The batch size conversions are verified at when no ``batch`` is given (not one of the traced
+#: sizes, so a traced export that runs there runs at any batch size); small, so converting a
+#: deploy net that declares batch 100 needs little memory.
+VERIFY_BATCH = 4
 #: Layer types whose second and later bottoms are labels (zeros in random verification inputs).
 LABEL_CONSUMERS = TRAINING_TYPES
 
@@ -90,6 +103,32 @@ class ConversionResult:
     notes: list[str] = field(default_factory=list)
     verification: Verification | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+#: The file name extension of each format, for ``-o FOLDER``.
+EXTENSIONS = {
+    "pt": ".pt",
+    "safetensors": ".safetensors",
+    "py": ".py",
+    "onnx": ".onnx",
+    "torchscript": ".ts",
+    "caffemodel": ".caffemodel",
+}
+
+
+def output_file(fmt: str, output: str | os.PathLike, model_file: Path | None = None) -> Path:
+    """The file ``-o output`` names: ``output`` itself, or a file in it when it names a folder (an
+    existing folder, a name ending in a path separator, or for ``py`` a name without a suffix):
+    ``net.py`` for py, ``<prototxt name>.<extension>`` for the others."""
+    text = os.fspath(output)
+    path = Path(text)
+    is_folder = (
+        path.is_dir() or text.endswith(("/", os.sep)) or (fmt == "py" and not path.suffix and text != "")
+    )
+    if not is_folder:
+        return path
+    stem = "net" if fmt == "py" or model_file is None else model_file.stem
+    return path / f"{stem}{EXTENSIONS[fmt]}"
 
 
 def output_paths(fmt: str, output: Path, deploy: bool) -> list[Path]:
@@ -141,6 +180,13 @@ def label_inputs(net: Net) -> set[str]:
     return labels
 
 
+def with_batch(shapes: dict[str, Shape], batch: int) -> dict[str, Shape]:
+    """``shapes`` with the batch axis (the first, of the inputs that share the first input's
+    batch size) set to ``batch``."""
+    batched = set(batch_inputs({name: torch.empty(shape, device="meta") for name, shape in shapes.items()}))
+    return {name: (batch, *shape[1:]) if name in batched else shape for name, shape in shapes.items()}
+
+
 def verification_inputs(net: Net, shapes: dict[str, Shape], seed: int = 0) -> dict[str, torch.Tensor]:
     """Standard-normal inputs of the given shapes, with label inputs set to class 0."""
     inputs = example_inputs(shapes, seed)
@@ -178,6 +224,27 @@ def _prepare_net(
     return param, notes
 
 
+def _trace(
+    fmt: str, net: Net, inputs: dict[str, torch.Tensor], any_batch: bool, fallback: Callable[[], dict]
+) -> tuple[FlatNet, dict[str, torch.Tensor], str]:
+    """The flat graph to export, the inputs to verify it on, and a note on the batch size.
+
+    With ``any_batch`` the graph is made for any batch size (:func:`flatten_any_batch`); a net
+    that cannot be is traced at the inputs ``fallback()`` gives (its declared batch size)."""
+    onnx_pooling = fmt == "onnx"
+    if any_batch:
+        try:
+            flat = flatten_any_batch(net, inputs, onnx_pooling)
+            return flat, inputs, "any batch size (the batch axis is dynamic; --batch N fixes it)"
+        except BatchFixed as exc:
+            inputs = fallback()
+            flat = flatten(net, inputs, onnx_pooling)
+            size = next(iter(flat.input_shapes.values()), (0,))[0] if flat.input_shapes else "?"
+            return flat, inputs, f"batch size {size} only, as the prototxt declares: {exc}"
+    flat = flatten(net, inputs, onnx_pooling)
+    return flat, inputs, "the given batch size only (--batch)"
+
+
 def _write(
     fmt: str,
     net: Net,
@@ -187,7 +254,11 @@ def _write(
     opset: int | None,
     progress: bool,
     notes: list[str],
-) -> None:
+    any_batch: bool = False,
+    fallback: Callable[[], dict] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Write the artifact; returns the inputs to verify it on (changed when a traced export
+    falls back to the declared batch size)."""
     if fmt in ("pt", "safetensors"):
         state_dict.write(net, paths[0], paths[1], fmt)
     elif fmt == "caffemodel":
@@ -199,7 +270,7 @@ def _write(
             raise VerificationError(f"the written caffemodel differs from the net's blobs: {problems[:10]}")
         notes.append("caffemodel re-read: every blob equal to the net's (names, order, shapes, values)")
     else:
-        flat = flatten(net, inputs, onnx_pooling=fmt == "onnx")
+        flat, inputs, batch_note = _trace(fmt, net, inputs, any_batch, fallback or (lambda: inputs))
         if flat.dropped_inputs:
             notes.append(f"inputs {flat.dropped_inputs} feed no output: left out of the export")
         for layer, state in flat.state_updates.items():
@@ -211,11 +282,36 @@ def _write(
         if fmt == "py":
             standalone.write(flat, paths[0], paths[1], net.net_param.name, source)
         elif fmt == "onnx":
-            used = onnx_io.write(flat, paths[0], inputs, opset, progress)
+            try:
+                used = onnx_io.write(flat, paths[0], inputs, opset, progress)
+            except onnx_io.DynamicBatchError as exc:
+                inputs = (fallback or (lambda: inputs))()
+                flat = flatten(net, inputs, onnx_pooling=True)
+                used = onnx_io.write(flat, paths[0], inputs, opset, progress)
+                batch_note = (
+                    f"batch size {_batch_of(flat.input_shapes)} only: with a dynamic batch axis {exc}"
+                )
             notes.append(f"ONNX opset {used}")
         else:
             torchscript.write(flat, paths[0], inputs)
-        notes.append(f"traced for input shapes { ({k: list(v) for k, v in flat.input_shapes.items()}) }")
+        spec = {name: ["N" if d is None else d for d in shape] for name, shape in flat.shape_spec().items()}
+        notes.append(f"input shapes {spec}: runs at {batch_note}")
+    return inputs
+
+
+def _batch_of(shapes: dict[str, Shape]) -> int:
+    """The batch size of the first input with a batch axis (0 when none has one)."""
+    return next((int(shape[0]) for shape in shapes.values() if shape), 0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _reference(net: Net, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {k: v.detach().clone() for k, v in net(**inputs).items()}
 
 
 def _run_artifact(
@@ -264,11 +360,15 @@ def convert(
         model: the net prototxt (TRAIN/TEST or deploy; a path, prototxt text or a NetParameter).
         weights: ``.caffemodel``, or a ``.pt``/``.safetensors`` state dict (None: the fillers' values).
         to: one of :data:`FORMATS`.
-        output: the output file (``py``: ``net.py``, with ``net.pt`` written beside it).
+        output: the output file (``py``: ``net.py``, with ``net.pt`` written beside it), or a
+            folder to write it in (see :func:`output_file`); missing folders are created.
         deploy: convert the deploy form (data layers -> Input, loss/label layers dropped); always
             done for the traced formats (py, onnx, torchscript).
         input_shapes: shapes of inputs by blob name (data layers whose source is unavailable).
-        batch: the first axis of every input (traced formats are specialised to it).
+        batch: the first axis of every input; traced formats are then fixed to it. Without it,
+            traced formats take any batch size (unless the net's graph depends on it: then they
+            are fixed to the declared one, with a note saying why) and every format is verified
+            at a small batch size (:data:`VERIFY_BATCH`).
         inputs: the verification inputs by blob name (default: random, seeded by ``seed``).
         verify: run the source and the artifact and compare every output.
         tol: the largest relative error accepted.
@@ -286,9 +386,9 @@ def convert(
         raise ExportError(f"unknown format '{to}'; choose one of {', '.join(FORMATS)}")
     if batch is not None and batch <= 0:
         raise ExportError(f"the batch size must be positive, got {batch}")
-    output = Path(output)
-    destinations = output_paths(fmt, output, deploy)
     model_file = _model_file(model)
+    output = output_file(fmt, output, model_file)
+    destinations = output_paths(fmt, output, deploy)
     protected = ([model_file] if model_file is not None else []) + (
         [Path(weights)] if weights is not None else []
     )
@@ -311,7 +411,13 @@ def convert(
         result.seconds["weights"] = time.perf_counter() - clock
         clock = time.perf_counter()
         shapes = net_input_shapes(net, batch)
+        declared = dict(shapes)
+        small = inputs is None and batch is None and bool(shapes)
         if inputs is None:
+            if small:
+                shapes = with_batch(
+                    shapes, VERIFY_BATCH if fmt in TRACED else min(_batch_of(shapes), VERIFY_BATCH)
+                )
             inputs = verification_inputs(net, shapes, seed)
         else:
             missing = [name for name in net.input_names if name not in inputs]
@@ -327,14 +433,35 @@ def convert(
         staged_paths = [staged.path(p) for p in destinations]
         try:
             source = model_file.name if model_file is not None else "a NetParameter"
-            _write(fmt, net, staged_paths, inputs, source, opset, progress, result.notes)
+            inputs = _write(
+                fmt,
+                net,
+                staged_paths,
+                inputs,
+                source,
+                opset,
+                progress,
+                result.notes,
+                any_batch=batch is None,
+                fallback=(lambda: verification_inputs(net, declared, seed)) if small else None,
+            )
         except OSError as exc:
             raise write_failure(output, exc) from None
+        shapes = {name: tuple(tensor.shape) for name, tensor in inputs.items()}
         result.seconds["write"] = time.perf_counter() - clock
         clock = time.perf_counter()
         if verify:
-            with torch.no_grad():
-                reference = {k: v.detach().clone() for k, v in net(**inputs).items()}
+            try:
+                reference = _reference(net, inputs)
+            except (CaffeCompatError, RuntimeError) as exc:
+                if not small or fmt in TRACED or shapes == declared:
+                    raise
+                result.notes.append(
+                    f"the net does not run at batch size {_batch_of(shapes)} ({_first_line(exc)}): "
+                    f"verified at the declared {_batch_of(declared)}"
+                )
+                inputs, shapes = verification_inputs(net, declared, seed), declared
+                reference = _reference(net, inputs)
             rebuild = caffe_pb2.NetParameter()
             rebuild.CopyFrom(net.net_param)
             del net

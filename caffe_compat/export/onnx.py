@@ -8,7 +8,8 @@ weights alone, e.g. ``w.reshape(n, k)``, evaluated once in torch) are passed to 
 extra graph inputs, so it neither copies nor constant-folds them, and the file is then written
 with them as initializers (named by their state_dict keys) straight from the tensors' memory: the
 conversion holds no serialized copy of the model, and runtimes have nothing left to fold. Input
-and output names are the Caffe blob names; shapes are the traced ones (static). The opset is the
+and output names are the Caffe blob names; the batch axis is dynamic (named ``N``) when the flat
+graph was made for any batch size, and every other axis has its traced size. The opset is the
 newest both the exporter and the installed ``onnx`` package support, unless one is asked for.
 """
 
@@ -34,8 +35,14 @@ from caffe_compat.export.errors import ExportError
 from caffe_compat.export.trace import FlatNet, get_attribute
 from caffe_compat.proto.io import length_delimited_header
 
+#: The name of the batch axis of a dynamic-batch export's inputs and outputs.
+BATCH_AXIS = "N"
 #: Used when the exporter does not say which opsets it supports.
 FALLBACK_OPSET = 17
+
+
+class DynamicBatchError(ExportError):
+    """The exporter failed on a graph with a dynamic batch axis (it may succeed with a fixed one)."""
 
 
 def default_opset() -> int:
@@ -250,17 +257,24 @@ def write(
                 skeleton,
                 input_names=list(flat.input_names) + [f"w{i}" for i in range(len(names))],
                 output_names=list(flat.output_names),
+                dynamic_axes=dynamic_axes(flat) or None,
                 opset_version=opset,
                 dynamo=False,
                 do_constant_folding=False,
             )
         except Exception as exc:  # noqa: BLE001  (the exporter raises many kinds for unsupported ops)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(
-                f"the ONNX exporter failed (opset {opset}){_culprits(flat, first)}: {first}"
-            ) from None
+            kind = DynamicBatchError if flat.dynamic_batch else ExportError
+            raise kind(f"the ONNX exporter failed (opset {opset}){_culprits(flat, first)}: {first}") from None
     _stream_model(skeleton.getvalue(), names, tensors, path, progress, list(flat.input_names))
     return opset
+
+
+def dynamic_axes(flat: FlatNet) -> dict[str, dict[int, str]]:
+    """The exporter's ``dynamic_axes``: axis 0, named ``N``, of the batch inputs and outputs."""
+    if not flat.dynamic_batch:
+        return {}
+    return {name: {0: BATCH_AXIS} for name in [*flat.batch_inputs, *flat.batch_outputs]}
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@
 The saved module takes the inputs positionally (in the order recorded in its extra file
 ``caffe_compat.json``, with the output names and traced shapes) or by the Python names of the
 generated forward, and returns a dict of the outputs by Caffe blob name. Like every traced
-export it is specialised to the traced input shapes. ``torch.jit`` is in maintenance mode in
-recent PyTorch releases; it still loads in C++ (libtorch) without Python.
+export it takes any batch size unless the conversion fixed one (``None`` in the recorded shapes
+marks a free batch axis); the other axes have their traced sizes. ``torch.jit`` is in
+maintenance mode in recent PyTorch releases; it still loads in C++ (libtorch) without Python.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def write(flat: FlatNet, path: Path, inputs: dict[str, torch.Tensor]) -> None:
     args = tuple(inputs[name] for name in flat.input_names)
     meta = {
         "input_names": flat.input_names,
-        "input_shapes": {k: list(v) for k, v in flat.input_shapes.items()},
+        "input_shapes": flat.shape_spec(),
         "output_names": flat.output_names,
     }
     with warnings.catch_warnings():

@@ -73,6 +73,12 @@ class FlatNet:
         dropped_inputs: net inputs no output depends on (left out of the graph).
         state_updates: layer -> parameters/buffers its forward updates in place, computed
             functionally in the graph (and not written back).
+        dynamic_batch: the graph reads the batch size from its first input (``x.size(0)``)
+            instead of holding the traced one, so it runs at any batch size (see
+            :func:`flatten_any_batch`); ``input_shapes`` then hold one traced batch size.
+        output_shapes: the traced shape of each output.
+        batch_inputs, batch_outputs: with ``dynamic_batch``, the inputs and outputs whose first
+            axis is the batch (dynamic axes in ONNX).
     """
 
     module: fx.GraphModule
@@ -84,6 +90,20 @@ class FlatNet:
     layer_types: dict[str, str] = field(default_factory=dict)
     dropped_inputs: list[str] = field(default_factory=list)
     state_updates: dict[str, list[str]] = field(default_factory=dict)
+    output_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dynamic_batch: bool = False
+    batch_inputs: list[str] = field(default_factory=list)
+    batch_outputs: list[str] = field(default_factory=list)
+
+    def shape_spec(self) -> dict[str, list[int | None]]:
+        """The input shapes, with None for a batch axis that takes any size."""
+        return {
+            name: [
+                None if self.dynamic_batch and axis == 0 and name in self.batch_inputs else int(d)
+                for axis, d in enumerate(shape)
+            ]
+            for name, shape in self.input_shapes.items()
+        }
 
 
 def _identifier(name: str, taken: set[str]) -> str:
@@ -98,8 +118,10 @@ def _identifier(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _outputs_graph(net: Net) -> tuple[fx.GraphModule, dict[str, str]]:
-    """The net's layer graph returning only its outputs, with identifier placeholder names."""
+def outputs_graph(net: Net) -> tuple[fx.GraphModule, dict[str, str]]:
+    """The net's layer graph returning only its outputs (each intermediate blob is freed after its
+    last use), with identifier placeholder names: ``(module, blob name -> argument name)``. It calls
+    the net's own layer modules, so their hooks fire."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     arg_of: dict[str, str] = {}
@@ -532,7 +554,7 @@ def flatten(
     missing = [name for name in net.input_names if name not in inputs]
     if missing:
         raise ExportError(f"no example input for {missing}; the net's inputs are {net.input_names}")
-    outputs_module, arg_of = _outputs_graph(net)
+    outputs_module, arg_of = outputs_graph(net)
     by_arg = {arg_of[name]: inputs[name].clone() for name in net.input_names}
     tracer = _ValueTracer(by_arg, onnx_pooling)
     tracer.state_storages = {
@@ -551,6 +573,12 @@ def flatten(
             graph.erase_node(node)
     _portable_devices(graph)
     layer_of = {n.name: n.meta["caffe_layer"] for n in graph.nodes if "caffe_layer" in n.meta}
+    output_node = next(n for n in graph.nodes if n.op == "output")
+    output_shapes = {
+        name: tuple(value.shape)
+        for name, node in output_node.args[0].items()
+        if isinstance(value := tracer.values.get(node), torch.Tensor)
+    }
     module = fx.GraphModule(tracer.root, graph, class_name="CaffeExport")
     blob_of = {arg: blob for blob, arg in arg_of.items()}
     used = [n.target for n in graph.nodes if n.op == "placeholder"]
@@ -565,4 +593,227 @@ def flatten(
         layer_types={name: param.type for name, param in net.layer_params.items()},
         dropped_inputs=[blob_of[arg] for arg in dropped],
         state_updates=dict(tracer.updates),
+        output_shapes=output_shapes,
     )
+
+
+# -- any batch size ------------------------------------------------------------------------------
+
+#: The batch sizes a net is traced at to tell the integers that follow the batch size from the others.
+TRACE_BATCHES = (2, 3, 5)
+
+
+class BatchFixed(Exception):
+    """The net cannot be written for any batch size; the message says why."""
+
+
+def batch_inputs(inputs: dict[str, torch.Tensor]) -> list[str]:
+    """The inputs whose first axis is the batch: those whose first size is the first input's."""
+    tensors = [(name, t) for name, t in inputs.items() if t.dim() > 0]
+    if not tensors:
+        return []
+    batch = int(tensors[0][1].shape[0])
+    return [name for name, t in tensors if int(t.shape[0]) == batch]
+
+
+def resample_batch(
+    inputs: dict[str, torch.Tensor], batch: int, names: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """``inputs`` with ``batch`` rows along the first axis (rows taken cyclically) for the inputs
+    in ``names`` (default: :func:`batch_inputs`); the other inputs are kept as they are."""
+    names = batch_inputs(inputs) if names is None else names
+    out = {}
+    for name, tensor in inputs.items():
+        if name in names and int(tensor.shape[0]) != batch:
+            rows = torch.arange(batch) % int(tensor.shape[0])
+            tensor = tensor[rows].clone()
+        out[name] = tensor
+    return out
+
+
+def flatten_any_batch(net: Net, inputs: dict[str, torch.Tensor], onnx_pooling: bool = False) -> FlatNet:
+    """Trace ``net`` into a :class:`FlatNet` that runs at any batch size.
+
+    The net is traced at each of :data:`TRACE_BATCHES` (``inputs`` resampled along the batch axis).
+    The graphs must be the same but for integer arguments that follow the batch size linearly
+    (``reshape((N, 3, 112, 96))``, ``reshape((2 * N, -1))``, split sizes): those become
+    expressions of the first batch input's ``size(0)``, so no batch size is baked in. The graph
+    of the smallest batch is kept, and the traces hold small activations only.
+
+    Raises:
+        BatchFixed: the net does not run at these batch sizes, or its graph depends on the batch
+            size in another way (a different graph, a constant tensor, a float or a non-linear
+            integer that changes with it); the message names the layer.
+        ExportError: the net cannot be exported at all.
+    """
+    names = batch_inputs({name: inputs[name] for name in net.input_names if name in inputs})
+    if not names:
+        raise BatchFixed("the net has no input with a batch axis")
+    flats = []
+    for batch in TRACE_BATCHES:
+        try:
+            flats.append(flatten(net, resample_batch(inputs, batch, names), onnx_pooling))
+        except ExportError as exc:
+            raise BatchFixed(f"at batch size {batch}: {exc}") from None
+    return _generalise(flats, [name for name in flats[0].input_names if name in names])
+
+
+def _linear(values: list[int], where: str) -> tuple[int, int]:
+    """(a, c) with ``value == a * batch + c`` at every traced batch size."""
+    (b0, b1), (v0, v1) = TRACE_BATCHES[:2], values[:2]
+    if (v1 - v0) % (b1 - b0):
+        raise BatchFixed(f"{where} computes {values} at batch sizes {list(TRACE_BATCHES)}")
+    a = (v1 - v0) // (b1 - b0)
+    c = v0 - a * b0
+    if any(v != a * b + c for v, b in zip(values, TRACE_BATCHES, strict=True)):
+        raise BatchFixed(f"{where} computes {values} at batch sizes {list(TRACE_BATCHES)}")
+    return a, c
+
+
+class _BatchExpressions:
+    """Nodes computing ``a * N + c`` from the batch size N of one placeholder of ``graph``."""
+
+    def __init__(self, graph: fx.Graph, source: fx.Node | None) -> None:
+        self.graph = graph
+        self.source = source
+        self.size: fx.Node | None = None
+        self.made: dict[tuple[int, int], fx.Node] = {}
+        self.new_nodes: list[fx.Node] = []
+
+    def node(self, a: int, c: int, before: fx.Node, where: str) -> fx.Node:
+        if self.source is None:
+            raise BatchFixed(f"{where} depends on the batch size, but no input of the graph has a batch axis")
+        if (a, c) in self.made:
+            return self.made[(a, c)]
+        if self.size is None:
+            last = [n for n in self.graph.nodes if n.op == "placeholder"][-1]
+            with self.graph.inserting_after(last):
+                self.size = self.graph.call_method("size", (self.source, 0))
+            self.made[(1, 0)] = self.size
+            if (a, c) == (1, 0):
+                return self.size
+        value = self.size
+        with self.graph.inserting_before(before):
+            if a != 1:
+                value = self.graph.call_function(operator.mul, (value, a))
+                self.new_nodes.append(value)
+            if c:
+                value = self.graph.call_function(operator.add, (value, c))
+                self.new_nodes.append(value)
+        if "caffe_layer" in before.meta:
+            for node in self.new_nodes:
+                node.meta.setdefault("caffe_layer", before.meta["caffe_layer"])
+        self.made[(a, c)] = value
+        return value
+
+
+_PLAIN = (str, bytes, torch.dtype, torch.device, torch.layout, torch.memory_format, type(None), bool)
+
+
+def _merge(
+    values: list[Any], positions: list[dict[fx.Node, int]], make: Callable[[int, int], fx.Node], where: str
+) -> Any:
+    """One argument of the traces' aligned nodes, batch-dependent integers made expressions."""
+    first = values[0]
+    if isinstance(first, fx.Node):
+        if (
+            not all(isinstance(v, fx.Node) for v in values)
+            or len({p.get(v) for p, v in zip(positions, values, strict=True)}) != 1
+        ):
+            raise BatchFixed(f"{where}: its graph changes with the batch size")
+        return first
+    if isinstance(first, _PLAIN) or not isinstance(first, (int, float, tuple, list, dict, slice)):
+        if not all(type(v) is type(first) and v == first for v in values):
+            raise BatchFixed(f"{where} uses {first!r} at one batch size and {values[1]!r} at another")
+        return first
+    if isinstance(first, int):
+        if not all(type(v) is int for v in values):
+            raise BatchFixed(f"{where}: its graph changes with the batch size")
+        if all(v == first for v in values):
+            return first
+        return make(*_linear(values, where))
+    if isinstance(first, float):
+        same = all(
+            isinstance(v, float) and (v == first or (math.isnan(v) and math.isnan(first))) for v in values
+        )
+        if not same:
+            raise BatchFixed(f"{where} uses the number {first!r}, which changes with the batch size")
+        return first
+    if isinstance(first, slice):
+        parts = (
+            [
+                _merge([getattr(v, part) for v in values], positions, make, where)
+                for part in ("start", "stop", "step")
+            ]
+            if all(isinstance(v, slice) for v in values)
+            else None
+        )
+        if parts is None:
+            raise BatchFixed(f"{where}: its graph changes with the batch size")
+        return slice(*parts)
+    if isinstance(first, dict):
+        if not all(isinstance(v, dict) and v.keys() == first.keys() for v in values):
+            raise BatchFixed(f"{where}: its graph changes with the batch size")
+        return {key: _merge([v[key] for v in values], positions, make, where) for key in first}
+    if not all(isinstance(v, (tuple, list)) and len(v) == len(first) for v in values):
+        raise BatchFixed(f"{where}: its graph changes with the batch size")
+    items = [_merge([v[i] for v in values], positions, make, where) for i in range(len(first))]
+    return list(items) if isinstance(first, list) else tuple(items)
+
+
+def _generalise(flats: list[FlatNet], names: list[str]) -> FlatNet:
+    """The first trace with the integers that follow the batch size written as expressions."""
+    base = flats[0]
+    graph = base.module.graph
+    node_lists = [list(flat.module.graph.nodes) for flat in flats]
+    if len({len(nodes) for nodes in node_lists}) != 1:
+        raise BatchFixed("the net's graph changes with the batch size")
+    positions = [{node: i for i, node in enumerate(nodes)} for nodes in node_lists]
+    source = None
+    if names:
+        arg = base.arg_names[base.input_names.index(names[0])]
+        source = next(n for n in node_lists[0] if n.op == "placeholder" and n.target == arg)
+    expressions = _BatchExpressions(graph, source)
+    for aligned in zip(*node_lists, strict=True):
+        node = aligned[0]
+        layer = node.meta.get("caffe_layer")
+        where = (
+            f"layer '{layer}' ({base.layer_types.get(layer, '?')})"
+            if layer is not None
+            else f"node '{node.name}'"
+        )
+        if any(n.op != node.op or n.target != node.target for n in aligned):
+            raise BatchFixed(f"{where}: its graph changes with the batch size")
+        if node.op == "get_attr":
+            tensors = [get_attribute(flat.module, str(node.target)) for flat in flats]
+            if isinstance(tensors[0], torch.Tensor) and not all(
+                t is tensors[0]
+                or (
+                    isinstance(t, torch.Tensor) and t.shape == tensors[0].shape and torch.equal(t, tensors[0])
+                )
+                for t in tensors
+            ):
+                raise BatchFixed(f"{where} holds a constant tensor that changes with the batch size")
+            continue
+
+        def make(a: int, c: int, before: fx.Node = node, where: str = where) -> fx.Node:
+            return expressions.node(a, c, before, where)
+
+        node.args = _merge([n.args for n in aligned], positions, make, where)
+        node.kwargs = _merge([n.kwargs for n in aligned], positions, make, where)
+    for node in expressions.new_nodes + ([expressions.size] if expressions.size is not None else []):
+        if "caffe_layer" in node.meta:
+            base.layer_of[node.name] = node.meta["caffe_layer"]
+    graph.lint()
+    base.module.recompile()
+    base.dynamic_batch = True
+    base.batch_inputs = list(names)
+    base.batch_outputs = [
+        name
+        for name in base.output_names
+        if all(
+            len(flat.output_shapes.get(name, ())) > 0 and flat.output_shapes[name][0] == batch
+            for flat, batch in zip(flats, TRACE_BATCHES, strict=True)
+        )
+    ]
+    return base

@@ -14,7 +14,8 @@ def _add_parse(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out-dir",
         default=".",
-        help="folder for <log name>.train and <log name>.test (default: current folder)",
+        help="folder for <log name>.train and <log name>.test (default: the current folder; created "
+        "when missing)",
     )
     parser.add_argument("--delimiter", default=",", help="column delimiter (default: ',')")
 
@@ -31,7 +32,12 @@ def _run_parse(args: argparse.Namespace) -> int:
 
 def _add_plot(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("logs", nargs="+", metavar="LOG", help="one or more training logs, overlaid")
-    parser.add_argument("-o", "--output", required=True, help="the PNG to write (e.g. curves.png)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the PNG to write (e.g. curves.png; missing folders are created)",
+    )
     parser.add_argument(
         "--label",
         action="append",
@@ -41,8 +47,17 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_plot(args: argparse.Namespace) -> int:
+    from caffe_compat.errors import CaffeCompatError
     from caffe_compat.log.plot import plot_logs
 
+    folder = Path(args.output).parent
+    if not folder.is_dir():
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise CaffeCompatError(
+                f"cannot create the output folder {folder}: {exc.strerror or exc}"
+            ) from None
     plot_logs(args.logs, args.output, labels=args.label)
     print(f"wrote {args.output}")
     return 0

@@ -23,7 +23,8 @@ then one column per output, with these deliberate differences:
   before the row, i.e. the previous iteration's, so its rate is one displayed iteration late (it
   shows a step change one row after it happened). A test row at iteration N gets the lr of training
   iteration N (the rate the solver is at), or the last one printed before N when N was not trained
-  (the final test at ``max_iter``). Unknown rates are NaN (the final ``Iteration max_iter, loss``).
+  (the final test at ``max_iter``). Unknown rates are NaN (the final ``Iteration max_iter, loss``),
+  written as empty cells in the CSV, like the outputs that row does not have.
 * Train rows carry the smoothed loss of the ``Iteration N ..., loss = L`` line as ``SmoothedLoss``
   (last column; parse_log.py drops it), and that final line, which has no outputs, is a row too.
 * Outputs of test net ``t > 0`` are named ``net<t>/<name>`` (parse_log.py overwrites net 0's
@@ -296,8 +297,10 @@ def columns(rows: list[Row]) -> list[str]:
     return list(names)
 
 
-def _cell(value: float | None) -> str:
-    if value is None:
+def _cell(value: float | None, fixed: bool = False) -> str:
+    """A CSV cell: empty for a value the log does not give (a missing output, or NaN in a fixed
+    column: an unknown rate or time), else the number (a diverged output stays ``nan``)."""
+    if value is None or (fixed and isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, int):
         return str(value)
@@ -306,11 +309,14 @@ def _cell(value: float | None) -> str:
 
 def format_csv(rows: list[Row], delimiter: str = ",") -> str:
     """Rows as parse_log.py's CSV text (header line, ``\\r\\n`` line ends as csv.excel writes,
-    floats in Python's shortest round-trip form, ``nan`` for unknown rates, empty cells for outputs
-    a row does not have)."""
+    floats in Python's shortest round-trip form); what the log does not give is an empty cell,
+    as parse_log.py writes it: outputs a row does not have, and unknown (NaN) rates and times,
+    e.g. the lr of the final ``Iteration max_iter, loss`` row."""
     header = columns(rows)
     lines = [delimiter.join(header)]
-    lines.extend(delimiter.join(_cell(row.get(name)) for name in header) for row in rows)
+    lines.extend(
+        delimiter.join(_cell(row.get(name), name in FIXED_COLUMNS) for name in header) for row in rows
+    )
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -322,12 +328,18 @@ def save_csv(
     delimiter: str = ",",
 ) -> list[Path]:
     """Write ``<out_dir>/<log basename>.train`` and ``.test`` (atomically), as parse_log.py names
-    them; a table with no rows is not written (parse_log.py skips it too). Returns the paths written."""
+    them, creating ``out_dir`` when it is missing; a table with no rows is not written
+    (parse_log.py skips it too). Returns the paths written."""
     from caffe_compat.proto.io import write_bytes_atomic
 
     folder = Path(out_dir)
     if not folder.is_dir():
-        raise CaffeCompatError(f"output folder {folder} does not exist")
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise CaffeCompatError(
+                f"cannot create the output folder {folder}: {exc.strerror or exc}"
+            ) from None
     written = []
     for suffix, rows in ((".train", train_rows), (".test", test_rows)):
         if not rows:

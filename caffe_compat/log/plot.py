@@ -2,8 +2,9 @@
 
 Panels, all against the iteration: the smoothed training loss, one panel per test output (test
 nets' outputs by column name, as :func:`caffe_compat.log.parse_log` names them) and the learning
-rate (log scale). Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend
-switch), so it works headless and leaves the caller's matplotlib state alone.
+rate (log scale, drawn up to the run's last iteration). Drawn with matplotlib's Agg canvas
+directly (no pyplot, no global backend switch), so it works headless and leaves the caller's
+matplotlib state alone.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def plot_logs(
                 ax.plot(x, y, color=color, marker="o", markersize=3, label=name, linewidth=1.2)
         x, y = _series(train_rows, "LearningRate")
         if x:
+            # the last rate holds until the run's last iteration (max_iter), whose row has no rate
+            last = max(row["NumIters"] for row in [*train_rows, *test_rows])
+            if last > x[-1]:
+                x, y = [*x, last], [*y, y[-1]]
             axes[-1].step(x, y, where="post", color=color, label=name, linewidth=1.2)
             rates.extend(y)
     axes[0].set_title("training loss (smoothed, as displayed)")

@@ -100,12 +100,33 @@ def check_zip_members(path: str | os.PathLike, what: str) -> None:
     check_bytes(sum(m.file_size for m in members), f"{path}: unpacking its {len(members)} archive members")
 
 
+def similar_files_hint(path: Path) -> str:
+    """``"; did you mean X?"`` naming files of the missing ``path``'s folder with the same suffix
+    whose name is close to it or starts with it (``face_deploy.prototxt`` ->
+    ``face_deploy_mirror_normalize.prototxt``), else ``""``."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        candidates = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix == path.suffix)
+    except OSError:
+        return ""
+    stem = path.stem.lower()
+    found = [name for name in candidates if Path(name).stem.lower().startswith(stem) and stem]
+    stems = {Path(name).stem.lower(): name for name in candidates}
+    close = difflib.get_close_matches(stem, list(stems), n=3, cutoff=0.75)
+    found += [stems[c] for c in close if stems[c] not in found]
+    if not found:
+        return ""
+    return "; did you mean " + " or ".join(str(folder / name) for name in found[:3]) + "?"
+
+
 def _read_source(path_or_text: PathLike, kind: str) -> tuple[str, str]:
     """Return ``(text, source_name)`` for a path or for literal prototxt text."""
     if isinstance(path_or_text, os.PathLike) or (
         isinstance(path_or_text, str) and (os.path.isfile(path_or_text) or _looks_like_path(path_or_text))
     ):
         path = Path(path_or_text)
+        if not path.exists() and not path.is_symlink():
+            raise CaffeCompatError(f"{kind} file not found: {path}{similar_files_hint(path)}")
         checked_file(path, kind)
         try:
             return path.read_text(encoding="utf-8"), str(path)
@@ -174,7 +195,7 @@ def _explain_parse_error(exc: text_format.ParseError, text: str, source: str) ->
             if fork
             else " No known Caffe fork defines it."
         )
-        return f"{where}: unknown field '{name}' in {message}{hint}{origin}"
+        return f"{where}: unknown field '{name}' in {message}{hint or '.'}{origin}"
     enum = _UNKNOWN_ENUM.search(detail)
     if enum:
         enum_name, value = enum.groups()
@@ -289,8 +310,26 @@ def read_net(path_or_text: PathLike | caffe_pb2.NetParameter) -> caffe_pb2.NetPa
         net, source = path_or_text, "<NetParameter>"
     else:
         text, source = _read_source(path_or_text, "net prototxt")
-        net = parse_text(text, caffe_pb2.NetParameter(), source)
+        try:
+            net = parse_text(text, caffe_pb2.NetParameter(), source)
+        except PrototxtError as exc:
+            if _other_kind(text, caffe_pb2.SolverParameter()):
+                raise PrototxtError(
+                    f"{exc} This looks like a solver prototxt, not a net: give it to "
+                    "'caffe-compat train -solver'."
+                ) from None
+            raise
     return upgrade_net(net, source) if net_needs_upgrade(net) else net
+
+
+def _other_kind(text: str, message: pb_message.Message) -> bool:
+    """Whether ``text`` parses as ``message`` (a net given where a solver is expected, or the
+    reverse) with at least one field set."""
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError:
+        return False
+    return bool(message.ListFields())
 
 
 def read_solver(path_or_text: PathLike) -> caffe_pb2.SolverParameter:
@@ -298,7 +337,15 @@ def read_solver(path_or_text: PathLike) -> caffe_pb2.SolverParameter:
     from caffe_compat.proto.upgrade import solver_needs_upgrade, upgrade_solver
 
     text, source = _read_source(path_or_text, "solver prototxt")
-    solver = parse_text(text, caffe_pb2.SolverParameter(), source)
+    try:
+        solver = parse_text(text, caffe_pb2.SolverParameter(), source)
+    except PrototxtError as exc:
+        if _other_kind(text, caffe_pb2.NetParameter()):
+            raise PrototxtError(
+                f"{exc} This looks like a net prototxt, not a solver: a solver names it in its 'net' field "
+                "(give nets to -model)."
+            ) from None
+        raise
     return upgrade_solver(solver, source) if solver_needs_upgrade(solver) else solver
 
 

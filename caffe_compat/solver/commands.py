@@ -62,10 +62,40 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _net_transform(args: argparse.Namespace):
-    from caffe_compat.data.overrides import net_transform
+def _net_transform(args: argparse.Namespace, net_file: str | None, command: str):
+    """Apply ``-set``/``--data-root`` to each net read, then refuse data paths that do not exist
+    (with the command line that fixes them) before any layer reads them."""
+    from caffe_compat.data.overrides import check_data_paths, net_transform
+    from caffe_compat.net.filter import filter_net, make_state
+    from caffe_compat.proto import caffe_pb2
 
-    return net_transform(args.set, args.data_root)
+    overrides = net_transform(args.set, args.data_root)
+    stages = [s for s in args.stage.split(",") if s]
+
+    def transform(net_param: caffe_pb2.NetParameter, phase: int) -> caffe_pb2.NetParameter:
+        net = overrides(net_param, phase) if overrides is not None else net_param
+        state = make_state(net.state if net.HasField("state") else None, phase, args.level, stages)
+        phase_name = "TRAIN" if phase == caffe_pb2.TRAIN else "TEST"
+        check_data_paths(net, filter_net(net, state).layer, net_file, command, phase_name)
+        return net
+
+    return transform
+
+
+def _solver_net_file(solver_path: str) -> str | None:
+    """The net file a solver names (``net`` or ``train_net``), found as the solver finds it; None
+    for a net given inline (``net_param``)."""
+    from pathlib import Path
+
+    from caffe_compat.proto.io import read_solver
+
+    param = read_solver(solver_path)
+    name = param.net or param.train_net
+    if not name:
+        return None
+    if not Path(name).exists() and (Path(solver_path).resolve().parent / name).exists():
+        return str(Path(solver_path).resolve().parent / name)
+    return name
 
 
 def _add_python_layers(parser: argparse.ArgumentParser) -> None:
@@ -245,7 +275,9 @@ def _run_train(args: argparse.Namespace) -> int:
                 device=device,
                 level=args.level,
                 stages=args.stage.split(","),
-                net_transform=_net_transform(args),
+                net_transform=_net_transform(
+                    args, _solver_net_file(args.solver), f"caffe-compat train -solver {args.solver}"
+                ),
                 allow_python_layers=args.allow_python_layers,
                 nonfinite_effect=args.nonfinite_effect,
             )
@@ -300,7 +332,9 @@ def _run_test(args: argparse.Namespace) -> int:
             device,
             args.level,
             args.stage.split(","),
-            net_transform=_net_transform(args),
+            net_transform=_net_transform(
+                args, args.model, f"caffe-compat test -model {args.model} -weights {args.weights}"
+            ),
             allow_python_layers=args.allow_python_layers,
         )
     finally:
@@ -337,7 +371,7 @@ def _run_time(args: argparse.Namespace) -> int:
             args.phase,
             args.level,
             args.stage.split(","),
-            net_transform=_net_transform(args),
+            net_transform=_net_transform(args, args.model, f"caffe-compat time -model {args.model}"),
             allow_python_layers=args.allow_python_layers,
         )
     finally:
