@@ -229,8 +229,9 @@ def test_data_root_block_names_the_mapped_list_it_looks_for(
     assert not Path("/data/casia/list.txt").exists()
     code, _, err = run_cli(command, capsys)
     assert code == 1
+    net_file = (ROOT / "prototxt" / "amsoftmax" / "face_train_test.prototxt").resolve()
     assert err.splitlines()[-1] == (
-        "caffe-compat train: error: layer 'data' (ImageData, TRAIN): image_data_param.source "
+        f"caffe-compat train: error: {net_file}: layer 'data' (ImageData, TRAIN): image_data_param.source "
         "'/data/casia/list.txt' does not exist; point it at your data with --data-root OLD=NEW (replaces a "
         "path prefix) or -set TRAIN:data.image_data_param.source=PATH, e.g. caffe-compat train -solver "
         "prototxt/amsoftmax/face_solver.prototxt -set TRAIN:data.image_data_param.source=/path/to/list.txt"

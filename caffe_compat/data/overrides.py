@@ -298,11 +298,17 @@ def is_windows_path(path: str) -> bool:
 
 
 def _exists(path: str, net_dir: Path | None) -> bool:
-    """Whether ``path`` exists as the data layers resolve it (working directory, then the net's folder)."""
+    """Whether ``path`` exists as the data layers resolve it (working directory, then the net's
+    folder). A symbolic link counts as present even when broken or looping: the layer's reader
+    then says exactly what is wrong with it."""
+
+    def present(candidate: Path) -> bool:
+        return candidate.exists() or candidate.is_symlink()
+
     candidate = Path(path)
-    if candidate.exists():
+    if present(candidate):
         return True
-    return not candidate.is_absolute() and net_dir is not None and (net_dir / candidate).exists()
+    return not candidate.is_absolute() and net_dir is not None and present(net_dir / candidate)
 
 
 def _line_of(text: str | None, value: str) -> int | None:
