@@ -579,6 +579,14 @@ def net_cases() -> None:
         ),
         r"layer 'fc' \(InnerProduct\): axis 5 is out of range",
     )
+    net_case(
+        "net-python-layer",
+        net(
+            input_layer(2, 3),
+            layer("py", "Python", ["data"], ["y"], 'python_param { module: "os" layer: "system" }'),
+        ),
+        r"layer 'py' \(Python\): runs Python code \(class 'system' of module 'os'\).*--allow-python-layers",
+    )
     # files that are not files
     case(
         "net-sparse-64g",
