@@ -5,9 +5,13 @@ batch's outputs (``Batch i, name = v``), the mean loss (``Loss: L``) and each ou
 weighted loss, as Caffe does.
 
 ``benchmark``: one clean forward/backward pass, then ``iterations`` timed passes; per layer the
-mean forward and backward time, measured with hooks on the layer modules (forward pre/post hooks;
-backward from the full backward pre-hook to the last of the full backward hook and the layer's
-parameters' gradient accumulation), plus the data layers' batch reading as their forward time. Nets
+mean forward and backward time, plus the data layers' batch reading as their forward time. The
+timed passes are ordinary forward/backward passes with one timestamp per layer and direction, so
+the whole-net figure is the plain pass's time and the per-layer figures partition it: a layer's
+forward runs from its forward pre-hook to the next layer's (the last one to the end of the
+forward), its backward from the moment autograd reaches the node that produced its top (a
+pre-hook on that node) to the next such moment. (Full backward hooks would wrap every layer's
+inputs and outputs in extra autograd nodes and copies, and inflate what they measure.) Nets
 with ``Input`` layers are fed zeros of the declared shapes. Times on CUDA are taken after a
 synchronize.
 """
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -116,6 +119,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _add_spans(totals: dict[str, float], marks: list[tuple[str, float]], end: float) -> None:
+    """Each mark's layer gets the time up to the next mark (the last one: up to ``end``), in ms."""
+    for (name, start), (_, stop) in zip(marks, [*marks[1:], ("", end)], strict=True):
+        totals[name] += max(stop - start, 0.0) * 1e3
+
+
 def benchmark(
     model: str | os.PathLike,
     iterations: int,
@@ -149,37 +158,36 @@ def benchmark(
 
     forward_ms: dict[str, float] = defaultdict(float)
     backward_ms: dict[str, float] = defaultdict(float)
-    starts: dict[str, float] = {}
-    backward_start: dict[str, float] = {}
-    backward_end: dict[str, float] = {}
+    forward_marks: list[tuple[str, float]] = []
+    backward_marks: list[tuple[str, float]] = []
+    claimed: set[int] = set()  # autograd nodes already marking a layer (identity layers pass theirs on)
     handles = []
 
     def forward_pre(name: str):
         def hook(module: torch.nn.Module, args: tuple) -> None:
             _sync(device)
-            starts[name] = time.perf_counter()
-
-        return hook
-
-    def forward_post(name: str):
-        def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
-            _sync(device)
-            forward_ms[name] += (time.perf_counter() - starts.pop(name)) * 1e3
-
-        return hook
-
-    def backward_pre(name: str):
-        def hook(module: torch.nn.Module, grad_output: tuple) -> None:
-            _sync(device)
-            backward_start.setdefault(name, time.perf_counter())
+            forward_marks.append((name, time.perf_counter()))
 
         return hook
 
     def backward_mark(name: str):
-        # the layer's input gradients (full backward hook) or a parameter's accumulated gradient
-        def hook(*args: object) -> None:
+        def hook(grad_outputs: tuple) -> None:
             _sync(device)
-            backward_end[name] = time.perf_counter()
+            backward_marks.append((name, time.perf_counter()))
+
+        return hook
+
+    def forward_post(name: str):
+        # the layer's backward starts when autograd reaches the node that made its (first) top
+        def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
+            tops = output if isinstance(output, (tuple, list)) else (output,)
+            for top in tops:
+                node = top.grad_fn if isinstance(top, torch.Tensor) else None
+                if node is not None:
+                    if id(node) not in claimed:
+                        claimed.add(id(node))
+                        node.register_prehook(backward_mark(name))
+                    break
 
         return hook
 
@@ -200,11 +208,6 @@ def benchmark(
             continue
         handles.append(module.register_forward_pre_hook(forward_pre(name)))
         handles.append(module.register_forward_hook(forward_post(name)))
-        handles.append(module.register_full_backward_pre_hook(backward_pre(name)))
-        handles.append(module.register_full_backward_hook(backward_mark(name)))
-        for param in module.parameters(recurse=False):
-            if param.requires_grad:
-                handles.append(param.register_post_accumulate_grad_hook(backward_mark(name)))
 
     log.info("*** Benchmark begins ***", "caffe.cpp:390")
     log.info(f"Testing for {iterations} iterations.", "caffe.cpp:391")
@@ -213,23 +216,22 @@ def benchmark(
     try:
         for j in range(iterations):
             net.zero_grad(set_to_none=True)
+            forward_marks.clear()
+            backward_marks.clear()
+            claimed.clear()
             _sync(device)
             begin = time.perf_counter()
             outputs = net(**inputs)
             loss = net.loss(outputs) if net.loss_weights else None
             _sync(device)
             middle = time.perf_counter()
-            backward_start.clear()
-            backward_end.clear()
             if loss is not None and loss.requires_grad:
-                with warnings.catch_warnings():
-                    # layers whose inputs need no gradient: the hook fires at their outputs' gradients
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    loss.backward()
+                loss.backward()
             _sync(device)
             end = time.perf_counter()
-            for name, begin_b in backward_start.items():
-                backward_ms[name] += max(backward_end.get(name, begin_b) - begin_b, 0.0) * 1e3
+            del outputs, loss
+            _add_spans(forward_ms, forward_marks, middle)
+            _add_spans(backward_ms, backward_marks, end)
             total_forward += (middle - begin) * 1e3
             total_backward += (end - middle) * 1e3
             log.info(
