@@ -93,6 +93,31 @@ def test_outputs_are_alphabetical_and_in_place_blobs_keep_their_final_value() ->
     torch.testing.assert_close(net.blobs["x"], x)
 
 
+def test_keep_blobs_limits_what_a_forward_keeps_and_not_what_it_computes() -> None:
+    text = INPUT + (
+        'layer { name: "t" type: "TanH" bottom: "x" top: "a" }\n'
+        'layer { name: "s" type: "Sigmoid" bottom: "a" top: "b" }\n'
+        'layer { name: "r" type: "ReLU" bottom: "b" top: "c" }\n'
+    )
+    x = torch.randn(2, 3, 5, 7)
+    full = cc.Net(text)(x=x)["c"]
+    net = cc.Net(text, keep_blobs=False)
+    outs = net(x=x)
+    assert sorted(net.blobs) == ["c", "x"]
+    torch.testing.assert_close(outs["c"], full, rtol=0, atol=0)
+    torch.testing.assert_close(outs["c"], torch.relu(torch.sigmoid(torch.tanh(x))))
+    net.keep_blobs = {"a"}
+    net(x=x)
+    assert sorted(net.blobs) == ["a", "c", "x"]
+    torch.testing.assert_close(net.blobs["a"], torch.tanh(x))
+    net.keep_blobs = True
+    net(x=x)
+    assert sorted(net.blobs) == ["a", "b", "c", "x"]
+    net.keep_blobs = {"nope"}
+    with pytest.raises(CaffeCompatError, match=r"keep_blobs names unknown blobs \['nope'\]"):
+        net(x=x)
+
+
 def test_fan_out_sums_gradients_and_propagate_down_stops_them() -> None:
     text = INPUT + (
         'layer { name: "t" type: "TanH" bottom: "x" top: "a" }\n'

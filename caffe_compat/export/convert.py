@@ -231,6 +231,7 @@ def _run_artifact(
     if fmt == "caffemodel":
         net = net_for_weights(rebuild, shapes)
         caffemodel_io.load_into(dict(net.params), caffemodel_io.CaffemodelIndex(paths[0]))
+        net.keep_blobs = False  # only the outputs are compared
         with torch.no_grad():
             return net(**inputs)
     if fmt == "py":
@@ -333,6 +334,7 @@ def convert(
         result.seconds["write"] = time.perf_counter() - clock
         clock = time.perf_counter()
         if verify:
+            net.keep_blobs = False  # only the outputs are compared
             with torch.no_grad():
                 reference = {k: v.detach().clone() for k, v in net(**inputs).items()}
             rebuild = caffe_pb2.NetParameter()

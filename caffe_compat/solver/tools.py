@@ -145,7 +145,18 @@ def benchmark(
     net = build_tool_net(model, phase, level, stages, net_transform)
     net.to(device)
     inputs = _zero_inputs(net, device)
+    if not net.loss_weights:
+        # nothing to back-propagate (a deploy net): forward passes without autograd's saved
+        # tensors, and each blob freed after its last use
+        net.keep_blobs = False
+        with torch.no_grad():
+            return _benchmark_passes(net, inputs, iterations, log, device)
+    return _benchmark_passes(net, inputs, iterations, log, device)
 
+
+def _benchmark_passes(
+    net: Net, inputs: dict[str, torch.Tensor], iterations: int, log: GlogWriter, device: torch.device
+) -> dict[str, tuple[float, float]]:
     log.info("Performing Forward", "caffe.cpp:375")
     outputs = net(**inputs)
     loss = net.loss(outputs) if net.loss_weights else None
