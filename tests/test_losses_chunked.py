@@ -74,4 +74,6 @@ def test_chunked_loss_checks_its_inputs() -> None:
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         chunked_cross_entropy(head, torch.randn(2, 4), torch.tensor([0, 10]))
     with pytest.raises(ValueError, match="learnable scale"):
-        chunked_cross_entropy(make_head("normface", 4, 10, learnable_scale=True), torch.randn(2, 4), torch.tensor([0, 1]))
+        chunked_cross_entropy(
+            make_head("normface", 4, 10, learnable_scale=True), torch.randn(2, 4), torch.tensor([0, 1])
+        )

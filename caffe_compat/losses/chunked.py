@@ -101,7 +101,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for start in range(0, classes, chunk):
             stop = min(start + chunk, classes)
             part = _ChunkLogits(
-                x, weight[start:stop], None if bias is None else bias[start:stop], labels, start, rule, cos_y,
+                x,
+                weight[start:stop],
+                None if bias is None else bias[start:stop],
+                labels,
+                start,
+                rule,
+                cos_y,
                 threshold,
             )
             label_logit.index_copy_(0, part.inside, part.label_logits())
@@ -149,8 +155,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             if part.hard is not None and rule.slope != 1.0:
                 d_raw = torch.where(part.hard, d_raw * rule.slope, d_raw)
             if target_slope is not None and part.inside.numel():
+                slope_y = target_slope.index_select(0, part.inside)
                 d_raw[part.inside, part.columns] = (
-                    d_label * rule.scale * target_slope.index_select(0, part.inside) * part.inv_norm[part.columns]
+                    d_label * rule.scale * slope_y * part.inv_norm[part.columns]
                 )
             d_raw.masked_fill_(part.outside, 0.0)
             grad_x.addmm_(d_raw, w)
@@ -180,9 +187,8 @@ def chunked_cross_entropy(
     if weight is None:
         raise ValueError("this head has no weight of its own: pass weight=")
     if embeddings.dim() != 2 or weight.dim() != 2 or embeddings.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"embeddings must be (N, D) and weight (C, D); got {list(embeddings.shape)} and {list(weight.shape)}"
-        )
+        shapes = f"{list(embeddings.shape)} and {list(weight.shape)}"
+        raise ValueError(f"embeddings must be (N, D) and weight (C, D); got {shapes}")
     labels = labels.reshape(-1).long()
     if labels.shape[0] != embeddings.shape[0]:
         raise ValueError(f"{labels.shape[0]} labels for {embeddings.shape[0]} embeddings")
