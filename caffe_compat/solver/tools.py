@@ -121,7 +121,7 @@ def _sync(device: torch.device) -> None:
 
 def _add_spans(totals: dict[str, float], marks: list[tuple[str, float]], end: float) -> None:
     """Each mark's layer gets the time up to the next mark (the last one: up to ``end``), in ms."""
-    for (name, start), (_, stop) in zip(marks, [*marks[1:], ("", end)], strict=True):
+    for (name, start), (_, stop) in zip(marks, [*marks[1:], ("", end)], strict=False):
         totals[name] += max(stop - start, 0.0) * 1e3
 
 
