@@ -246,7 +246,8 @@ def scale_table(sizes: dict[str, int], chunk: int, kinds: tuple[str, ...] = tupl
     weight_mb = sizes["classes"] * sizes["dim"] * 4 / 2**20
     logits_mb = sizes["classes"] * sizes["batch"] * 4 / 2**20
     print(
-        f"At scale: classes {sizes['classes']}, batch {sizes['batch']}, dim {sizes['dim']}, softmax loss over "
+        f"At scale: classes {sizes['classes']}, batch {sizes['batch']}, dim {sizes['dim']}, softmax loss "
+        "over "
         f"chunks of {chunk} classes; one step per kind, each in a fresh process (weight {weight_mb:.0f} MB; "
         f"unchunked logits alone would be {logits_mb:.0f} MB)"
     )

@@ -106,8 +106,9 @@ def main() -> None:
     if args.quick:
         args.batch, args.deploy_batch = 1, 1
     sys.path.insert(0, str(HERE))
-    import caffe_compat as cc
     from face_nets import deploy_param, train_param
+
+    import caffe_compat as cc
 
     train_net = cc.Net(train_param(args.batch), phase="TRAIN")
     deploy = cc.Net(deploy_param(args.deploy_batch), phase="TEST")

@@ -54,7 +54,8 @@ from face_nets import (  # isort: skip
 
 def _row(name: str, seconds: float, flops: float, rate: float, extra: str = "") -> str:
     """A table row; ``rate`` is the conv rate in FLOP/s."""
-    return f"{name:<44}{seconds * 1e3:>10.1f}{flops / seconds / 1e9:>9.1f}{flops / seconds / rate:>8.2f}  {extra}"
+    gflops, efficiency = flops / seconds / 1e9, flops / seconds / rate
+    return f"{name:<44}{seconds * 1e3:>10.1f}{gflops:>9.1f}{efficiency:>8.2f}  {extra}"
 
 
 def _header(title: str) -> None:
@@ -114,7 +115,11 @@ def training_table(batch: int, repeats: int) -> None:
     for name in convs:
         print(_row(f"{name} channels_last (oneDNN)", times[name], convs[name][1], rate))
     print(f"{'machine conv rate (mean of the two)':<44}{'':>10}{rate / 1e9:>9.1f}{1.0:>8.2f}")
-    print(_row("caffe_compat.Net", times["net"], flops, rate, f"{times['net'] / times['hand']:.3f}x hand-written"))
+    print(
+        _row(
+            "caffe_compat.Net", times["net"], flops, rate, f"{times['net'] / times['hand']:.3f}x hand-written"
+        )
+    )
     print(_row("hand-written nn.Module", times["hand"], flops, rate))
     print(
         _row(
@@ -138,7 +143,13 @@ def training_table(batch: int, repeats: int) -> None:
     caffe_s = (low + high) / 2
     if batch == CAFFE["train_batch"]:
         print(
-            _row("real Caffe (recorded, see notes)", caffe_s, flops, rate, f"{caffe_s / times['net']:.2f}x slower")
+            _row(
+                "real Caffe (recorded, see notes)",
+                caffe_s,
+                flops,
+                rate,
+                f"{caffe_s / times['net']:.2f}x slower",
+            )
         )
     efficiency = flops / times["net"] / rate
     print(f"target: Net efficiency >= 0.95: {'met' if efficiency >= 0.95 else 'NOT met'} ({efficiency:.2f})")
@@ -198,7 +209,10 @@ def main() -> None:
     if args.quick:
         args.batch, args.deploy_batches, args.repeats = 1, "1", 1
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; real Caffe recorded on {CAFFE['machine']}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"real Caffe recorded on {CAFFE['machine']}"
+    )
     print()
     if not args.skip_training:
         training_table(args.batch, args.repeats)

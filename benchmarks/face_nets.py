@@ -154,9 +154,7 @@ CONV_SHAPES = ((128, 28, 24), (256, 14, 12))
 
 
 def conv_cases(batch: int, backward: bool) -> dict[str, tuple[Callable, float]]:
-    return {
-        f"conv3x3 {c}ch {h}x{w}": conv_case(batch, c, h, w, backward) for c, h, w in CONV_SHAPES
-    }
+    return {f"conv3x3 {c}ch {h}x{w}": conv_case(batch, c, h, w, backward) for c, h, w in CONV_SHAPES}
 
 
 def train_step(net: cc.Net, x: torch.Tensor, label: torch.Tensor) -> Callable[[], None]:
