@@ -86,6 +86,11 @@ def training_table(batch: int, repeats: int) -> None:
     net = cc.Net(train_param(batch), phase="TRAIN")
     hand = HandWrittenFaceNet()
     x, label = torch.randn(batch, 3, 112, 96), labels(batch)
+    # experiment (not a library option): the same Net with channels_last weights and input
+    net_cl = cc.Net(train_param(batch), phase="TRAIN")
+    net_cl.load_state_dict(net.state_dict())
+    net_cl.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     one = cc.Net(train_param(1), phase="TRAIN")
     flops = batch * count_flops(train_step(one, x[:1], label[:1]))
     convs = conv_cases(batch, backward=True)
@@ -98,6 +103,7 @@ def training_table(batch: int, repeats: int) -> None:
         fns = {name: fn for name, (fn, _) in convs.items()}
         fns |= {
             "net": train_step(net, x, label),
+            "net_cl": train_step(net_cl, x_cl, label),
             "hand": hand_step(hand, x, label),
             "solver_fb": solver_net_step,
             "solver_step": lambda: solver.step(1),
@@ -121,6 +127,15 @@ def training_table(batch: int, repeats: int) -> None:
         )
     )
     print(_row("hand-written nn.Module", times["hand"], flops, rate))
+    print(
+        _row(
+            "Net, channels_last weights+input (experiment)",
+            times["net_cl"],
+            flops,
+            rate,
+            f"{times['net_cl'] / times['net']:.3f}x the default Net",
+        )
+    )
     print(
         _row(
             "Solver.step (data+fwd+bwd+update)",
