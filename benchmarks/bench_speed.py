@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import statistics
 import tempfile
@@ -225,7 +226,8 @@ def main() -> None:
         args.batch, args.deploy_batches, args.repeats = 1, "1", 1
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+        f"{os.getloadavg()[0]:.1f} at start; "
         f"real Caffe recorded on {CAFFE['machine']}"
     )
     print()
@@ -233,6 +235,7 @@ def main() -> None:
         training_table(args.batch, args.repeats)
     if not args.skip_inference:
         inference_table([int(b) for b in args.deploy_batches.split(",")], args.repeats)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

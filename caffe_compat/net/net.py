@@ -145,6 +145,8 @@ class Net(nn.Module):
         missing = [name for name in self.input_names if name not in given]
         if missing:
             raise CaffeCompatError(f"missing inputs {missing}; the net's inputs are {self.input_names}")
+        if not torch.compiler.is_compiling():
+            self.blobs = {}  # the previous pass's blobs are freed before this pass allocates its own
         blobs = self._runner()(*[given[name] for name in self.input_names])
         if not torch.compiler.is_compiling():  # tracing (export, compile) must not record state
             self.blobs = {**{name: given[name] for name in self.input_names}, **blobs}
