@@ -77,7 +77,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [rf"caffe_compat\.read_caffemodel\s+{NUMBER}\s+{NUMBER}"],
     ),
     "bench_verification.py": (
-        ["--pairs", "600", "--dim", "16", "--repeats", "1"],
+        ["--pairs", "1200", "--dim", "16", "--repeats", "1"],
         [rf"sphereface\s+{NUMBER}s\s+{NUMBER}s\s+{NUMBER}x", rf"insightface\s+{NUMBER}s\s+{NUMBER}s"],
     ),
     "bench_data_loading.py": (
