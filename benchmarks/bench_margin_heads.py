@@ -21,7 +21,15 @@ the live-memory peak rather than an artefact of heap trimming; both sides are me
 way. On ``--device cuda`` the child reports ``torch.cuda.max_memory_allocated`` above the
 allocation at the same point instead.
 
+At scale (issue 14): every head kind at 1,000,000 classes, batch 256, 512-d, with the softmax loss
+computed over class chunks (``caffe_compat.losses.chunked_cross_entropy``, ``--chunk`` classes at a
+time), one step per kind in a fresh process: seconds per forward+backward and the peak resident
+memory above the weight (2 GB at this size) and inputs, which stays bounded by the chunk size where
+the unchunked head would need the 1 GB logits matrix and its gradient on top. ``--quick`` uses
+20,000 classes, batch 32, 64-d; ``--skip-scale`` leaves it out.
+
     python benchmarks/bench_margin_heads.py [--quick] [--repeats 5] [--device cpu]
+                                            [--chunk 65536] [--skip-scale]
 """
 
 from __future__ import annotations
@@ -39,10 +47,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from caffe_compat.losses import make_head
+from caffe_compat.losses import HEAD_KINDS, chunked_cross_entropy, make_head
 
 FULL = {"classes": 86876, "batch": 256, "dim": 512}
 QUICK = {"classes": 8192, "batch": 64, "dim": 128}
+SCALE = {"classes": 1_000_000, "batch": 256, "dim": 512}
+SCALE_QUICK = {"classes": 20_000, "batch": 32, "dim": 64}
 #: (label, seed fc_type or None, our kind): ratios compare ours with the seed of the same kind.
 VARIANTS = [
     ("seed MV-AM", "MV-AM", None),
@@ -205,6 +215,48 @@ def child(label: str, sizes: dict[str, int], device: str) -> None:
     print(json.dumps({"peak_mb": peak / 2**20}))
 
 
+def scale_child(kind: str, sizes: dict[str, int], chunk: int, chunked: bool) -> None:
+    """Run in a fresh process: one timed forward+backward of ``kind`` with the softmax loss, chunked
+    over classes or not; print its seconds and peak RSS above the weight and inputs (MB)."""
+    torch.manual_seed(0)
+    head = make_head(kind, sizes["dim"], sizes["classes"])
+    x = torch.randn(sizes["batch"], sizes["dim"], requires_grad=True)
+    labels = torch.randint(0, sizes["classes"], (sizes["batch"],))
+    base = reset_peak_rss()
+    start = time.perf_counter()
+    if chunked:
+        loss = chunked_cross_entropy(head, x, labels, chunk_size=chunk)
+    else:
+        loss = F.cross_entropy(head(x, labels), labels)
+    loss.backward()
+    seconds = time.perf_counter() - start
+    peak = proc_status_bytes("VmHWM") - base
+    print(json.dumps({"seconds": seconds, "peak_mb": peak / 2**20, "loss": loss.item()}))
+
+
+def run_scale_child(kind: str, sizes: dict[str, int], chunk: int, chunked: bool = True) -> dict[str, float]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))
+    command = [sys.executable, __file__, "--scale-child", kind, "--sizes", json.dumps(sizes)]
+    command += ["--chunk", str(chunk)] + ([] if chunked else ["--unchunked"])
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def scale_table(sizes: dict[str, int], chunk: int, kinds: tuple[str, ...] = tuple(HEAD_KINDS)) -> None:
+    weight_mb = sizes["classes"] * sizes["dim"] * 4 / 2**20
+    logits_mb = sizes["classes"] * sizes["batch"] * 4 / 2**20
+    print(
+        f"At scale: classes {sizes['classes']}, batch {sizes['batch']}, dim {sizes['dim']}, softmax loss "
+        "over "
+        f"chunks of {chunk} classes; one step per kind, each in a fresh process (weight {weight_mb:.0f} MB; "
+        f"unchunked logits alone would be {logits_mb:.0f} MB)"
+    )
+    print(f"{'kind':<12}{'fwd+bwd s':>11}{'peak MB above weight+inputs':>30}{'loss':>10}")
+    for kind in kinds:
+        result = run_scale_child(kind, sizes, chunk)
+        print(f"{kind:<12}{result['seconds']:>11.2f}{result['peak_mb']:>30.0f}{result['loss']:>10.3f}")
+
+
 def peak_memory(label: str, sizes: dict[str, int], device: str) -> float:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))
     command = [sys.executable, __file__, "--child", label, "--device", device, "--sizes", json.dumps(sizes)]
@@ -241,7 +293,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="variant labels to run (default: all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, default=65536, help="classes per chunk at scale")
+    parser.add_argument("--skip-scale", action="store_true", help="leave out the 1M-class table")
+    parser.add_argument("--scale-child", help=argparse.SUPPRESS)
+    parser.add_argument("--unchunked", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick and args.repeats == 5:
+        args.repeats = 1
+    if args.scale_child:
+        scale_child(args.scale_child, json.loads(args.sizes), args.chunk, not args.unchunked)
+        return
     sizes = json.loads(args.sizes) if args.sizes else (QUICK if args.quick else FULL)
     if args.child:
         child(args.child, sizes, args.device)
@@ -285,6 +346,12 @@ def main() -> None:
         else:
             ratio = f"{'(baseline)':>10}{'':>14}"
         print(f"{label:<18}{ms:>21.1f}{memory[label]:>10.0f}{ratio}")
+    if not args.skip_scale and not args.only:
+        print()
+        if args.quick:  # three kinds: a smoke test of the table
+            scale_table(SCALE_QUICK, min(args.chunk, 4096), ("fc", "am", "mv-arc"))
+        else:
+            scale_table(SCALE, args.chunk)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,62 @@ def test_outputs_are_alphabetical_and_in_place_blobs_keep_their_final_value() ->
     torch.testing.assert_close(net.blobs["x"], x)
 
 
+def test_keep_blobs_limits_what_a_forward_keeps_and_not_what_it_computes() -> None:
+    text = INPUT + (
+        'layer { name: "t" type: "TanH" bottom: "x" top: "a" }\n'
+        'layer { name: "s" type: "Sigmoid" bottom: "a" top: "b" }\n'
+        'layer { name: "r" type: "ReLU" bottom: "b" top: "c" }\n'
+    )
+    x = torch.randn(2, 3, 5, 7)
+    full = cc.Net(text)(x=x)["c"]
+    net = cc.Net(text, keep_blobs=False)
+    outs = net(x=x)
+    assert sorted(net.blobs) == ["c", "x"]
+    torch.testing.assert_close(outs["c"], full, rtol=0, atol=0)
+    torch.testing.assert_close(outs["c"], torch.relu(torch.sigmoid(torch.tanh(x))))
+    net.keep_blobs = {"a"}
+    net(x=x)
+    assert sorted(net.blobs) == ["a", "c", "x"]
+    torch.testing.assert_close(net.blobs["a"], torch.tanh(x))
+    net.keep_blobs = True
+    net(x=x)
+    assert sorted(net.blobs) == ["a", "b", "c", "x"]
+    net.keep_blobs = {"nope"}
+    with pytest.raises(CaffeCompatError, match=r"keep_blobs names unknown blobs \['nope'\]"):
+        net(x=x)
+
+
+def test_channels_last_is_an_opt_in_with_rounding_level_differences(tmp_path: Path) -> None:
+    """``net.to(memory_format=torch.channels_last)`` (documented in benchmarks/README.md) runs the
+    convolutions in oneDNN's native layout: outputs and gradients differ from the default path by
+    rounding only, and the blobs still read and write as Caffe's (N, C, H, W) arrays."""
+    text = (
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 8 dim: 11 dim: 9 } } }\n'
+        'layer { name: "c1" type: "Convolution" bottom: "x" top: "c1" convolution_param { num_output: 16 '
+        'kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.1 } } }\n'
+        'layer { name: "p1" type: "PReLU" bottom: "c1" top: "c1" }\n'
+        'layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { num_output: 16 '
+        'kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.1 } } }\n'
+        'layer { name: "sum" type: "Eltwise" bottom: "c1" bottom: "c2" top: "s" }\n'
+    )
+    torch.manual_seed(0)
+    default = cc.Net(text)
+    fast = cc.Net(text)
+    fast.load_state_dict(default.state_dict())
+    fast.to(memory_format=torch.channels_last)
+    assert fast.c1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 11, 9)
+    a, b = default(x=x)["s"], fast(x=x)["s"]
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(default.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5 * float(p.grad.abs().max()), msg=name)
+    fast.save_caffemodel(tmp_path / "w.caffemodel")
+    reloaded = cc.Net(text, weights=tmp_path / "w.caffemodel")
+    assert all(torch.equal(p, q) for p, q in zip(fast.parameters(), reloaded.parameters(), strict=True))
+
+
 def test_fan_out_sums_gradients_and_propagate_down_stops_them() -> None:
     text = INPUT + (
         'layer { name: "t" type: "TanH" bottom: "x" top: "a" }\n'

@@ -677,7 +677,41 @@ def test_time_of_a_net_without_loss_frees_each_blob_after_its_last_use(
     assert all(forward > 0 and backward == 0 for forward, backward in times.values())
     assert len(built["alive"]) == 3 * 4  # three layers, the initial pass and three timed ones
     assert all(ref() is None for ref in built["alive"])  # no intermediate blob outlives the pass
-    assert built["net"].blobs == {}
+    assert set(built["net"].blobs) <= {"x", "y"}  # only the inputs and outputs are kept
+
+
+def test_time_partitions_the_pass_and_runs_a_net_without_loss(tmp_path: Path) -> None:
+    """Per-layer figures add up to the whole pass; a net without a loss is timed forward only."""
+    from caffe_compat.log.glog import GlogWriter
+    from caffe_compat.solver.tools import benchmark
+
+    text = (
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 dim: 9 dim: 7 } } }\n'
+        'layer { name: "conv" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 5 '
+        'kernel_size: 3 weight_filler { type: "xavier" } } }\n'
+        'layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "c" top: "y" inner_product_param { num_output: 2 } }\n'
+    )
+    for loss, phase in (
+        ("", "TEST"),
+        ('layer { name: "l" type: "EuclideanLoss" bottom: "y" bottom: "y" top: "l" }\n', "TRAIN"),
+    ):
+        model = tmp_path / f"net_{phase}.prototxt"
+        model.write_text(text + loss)
+        log = io.StringIO()
+        result = benchmark(model, 3, GlogWriter(stream=log), phase=phase)
+        messages = _messages(log.getvalue())
+        forward = float(next(m for m in messages if m.startswith("Average Forward pass")).split()[-2])
+        backward = float(next(m for m in messages if m.startswith("Average Backward pass")).split()[-2])
+        layers_forward = sum(f for f, _ in result.values())
+        layers_backward = sum(b for _, b in result.values())
+        assert set(result) == ({"conv", "relu", "ip", "l"} if loss else {"conv", "relu", "ip"})
+        assert 0 < layers_forward <= forward and layers_backward <= backward
+        assert all(f > 0 for f, _ in result.values())
+        if loss:
+            assert result["conv"][1] > 0 and result["ip"][1] > 0
+        else:
+            assert layers_backward == 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -173,9 +173,14 @@ def extract_features(
 
 
 def _forward(net: Net, input_name: str, batch: torch.Tensor, blob: str) -> np.ndarray:
-    net(**{input_name: batch})
-    if blob not in net.blobs:
-        known = ", ".join(sorted(net.blobs))
+    if blob not in net.blob_shapes:
+        known = ", ".join(sorted(net.blob_shapes))
         raise CaffeCompatError(f"the net has no blob '{blob}'; its blobs are: {known}")
+    kept = net.keep_blobs
+    net.keep_blobs = {blob}  # the other blobs are freed as the forward goes
+    try:
+        net(**{input_name: batch})
+    finally:
+        net.keep_blobs = kept
     value = net.blobs[blob]
     return value.detach().reshape(value.shape[0], -1).float().cpu().numpy()

@@ -310,6 +310,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _reference(net: Net, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    net.keep_blobs = False  # only the outputs are compared
     with torch.no_grad():
         return {k: v.detach().clone() for k, v in net(**inputs).items()}
 
@@ -327,6 +328,7 @@ def _run_artifact(
     if fmt == "caffemodel":
         net = net_for_weights(rebuild, shapes)
         caffemodel_io.load_into(dict(net.params), caffemodel_io.CaffemodelIndex(paths[0]))
+        net.keep_blobs = False  # only the outputs are compared
         with torch.no_grad():
             return net(**inputs)
     if fmt == "py":

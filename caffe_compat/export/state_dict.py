@@ -147,5 +147,6 @@ def run(
     """Rebuild the Net from the written prototxt, load the written state dict and run it."""
     net = net_for_weights(prototxt_path, input_shapes)
     load_into(net, read(weights_path), str(weights_path))
+    net.keep_blobs = False  # only the outputs are compared
     with torch.no_grad():
         return net(**inputs)

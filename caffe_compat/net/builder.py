@@ -231,5 +231,17 @@ def graph_module(root: nn.Module, graph: fx.Graph, class_name: str = "CaffeGraph
     return fx.GraphModule(root, graph, class_name=class_name)
 
 
+def graph_returning(graph: fx.Graph, names: set[str]) -> fx.Graph:
+    """A copy of a built graph that returns only the blobs in ``names`` (every layer still runs).
+
+    The generated code drops each other blob after its last use, so a forward keeps alive only
+    what later layers (or autograd) still need instead of every blob of the net."""
+    pruned = fx.Graph()
+    mapping: dict[fx.Node, fx.Node] = {}
+    returned = pruned.graph_copy(graph, mapping)
+    pruned.output({name: node for name, node in returned.items() if name in names})
+    return pruned
+
+
 def count_elements(shape: Shape) -> int:
     return math.prod(shape) if shape else 1

@@ -23,7 +23,7 @@ from torch import fx, nn
 
 from caffe_compat.errors import CaffeCompatError, name_file
 from caffe_compat.net.budget import within_budget
-from caffe_compat.net.builder import ParamEntry, build, graph_module
+from caffe_compat.net.builder import ParamEntry, build, graph_module, graph_returning
 from caffe_compat.net.filter import filter_net, make_state
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.proto.io import read_net, write_caffemodel
@@ -67,6 +67,11 @@ class Net(nn.Module):
         source_dir: the folder relative data paths fall back to (default: the prototxt's folder).
         allow_python_layers: run Caffe's ``Python`` layers (they import and run the module the
             prototxt names); refused by default.
+        keep_blobs: what ``net.blobs`` holds after a forward: True (default) every blob, as
+            Caffe's net does; False only the inputs and outputs; a set of names those plus these
+            blobs. Blobs not kept are freed as soon as no later layer needs them, which bounds a
+            forward's memory by the few live activations rather than the sum of all blobs (the
+            attribute may be changed at any time).
     """
 
     @_naming_the_file
@@ -82,6 +87,7 @@ class Net(nn.Module):
         share_from: Net | None = None,
         source_dir: str | os.PathLike | None = None,
         allow_python_layers: bool = False,
+        keep_blobs: bool | Iterable[str] = True,
     ) -> None:
         super().__init__()
         param = read_net(net)
@@ -116,6 +122,8 @@ class Net(nn.Module):
         # so parameters are registered once.
         object.__setattr__(self, "_graph_module", graph_module(self, built.graph))
         self.blobs: dict[str, torch.Tensor] = {}
+        self.keep_blobs = keep_blobs if isinstance(keep_blobs, bool) else frozenset(keep_blobs)
+        self._pruned: dict[frozenset[str], fx.GraphModule] = {}
         if weights is not None:
             self.copy_from(weights)
 
@@ -160,10 +168,25 @@ class Net(nn.Module):
         missing = [name for name in self.input_names if name not in given]
         if missing:
             raise CaffeCompatError(f"missing inputs {missing}; the net's inputs are {self.input_names}")
-        blobs = self._graph_module(*[given[name] for name in self.input_names])
+        if not torch.compiler.is_compiling():
+            self.blobs = {}  # the previous pass's blobs are freed before this pass allocates its own
+        blobs = self._runner()(*[given[name] for name in self.input_names])
         if not torch.compiler.is_compiling():  # tracing (export, compile) must not record state
             self.blobs = {**{name: given[name] for name in self.input_names}, **blobs}
         return {name: blobs[name] if name in blobs else given[name] for name in self.output_names}
+
+    def _runner(self) -> fx.GraphModule:
+        """The generated module returning the blobs ``keep_blobs`` asks for."""
+        if self.keep_blobs is True:
+            return self._graph_module
+        extra = frozenset() if self.keep_blobs is False else frozenset(self.keep_blobs)
+        kept = frozenset(self.output_names) | extra
+        unknown = sorted(kept - set(self.blob_shapes))
+        if unknown:
+            raise CaffeCompatError(f"keep_blobs names unknown blobs {unknown}")
+        if kept not in self._pruned:
+            self._pruned[kept] = graph_module(self, graph_returning(self.graph, set(kept)))
+        return self._pruned[kept]
 
     def loss(self, outputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Caffe's objective: the sum over loss tops of ``loss_weight * top.sum()``."""

@@ -5,9 +5,13 @@ batch's outputs (``Batch i, name = v``), the mean loss (``Loss: L``) and each ou
 weighted loss, as Caffe does.
 
 ``benchmark``: one clean forward/backward pass, then ``iterations`` timed passes; per layer the
-mean forward and backward time, measured with hooks on the layer modules (forward pre/post hooks;
-backward from the full backward pre-hook to the last of the full backward hook and the layer's
-parameters' gradient accumulation), plus the data layers' batch reading as their forward time. Nets
+mean forward and backward time, plus the data layers' batch reading as their forward time. The
+timed passes are ordinary forward/backward passes with one timestamp per layer and direction, so
+the whole-net figure is the plain pass's time and the per-layer figures partition it: a layer's
+forward runs from its forward pre-hook to the next layer's (the last one to the end of the
+forward), its backward from the moment autograd reaches the node that produced its top (a
+pre-hook on that node) to the next such moment. (Full backward hooks would wrap every layer's
+inputs and outputs in extra autograd nodes and copies, and inflate what they measure.) Nets
 with ``Input`` layers are fed zeros of the declared shapes. Times on CUDA are taken after a
 synchronize.
 """
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -134,39 +137,15 @@ def _zero_inputs(net: Net, device: torch.device) -> dict[str, torch.Tensor]:
     }
 
 
-def _forward_for_timing(net: Net) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """``inputs -> outputs`` for ``benchmark``: the net itself when it has a loss to back-propagate.
-
-    A net without a loss (a deploy net) has nothing to back-propagate (Caffe's Backward then does
-    no work): it runs without autograd through a graph returning only its outputs, so each blob
-    is freed after its last use instead of all being kept (``net.blobs``) with their autograd
-    state: the face deploy net at its declared batch of 100 peaks at ~1 GB instead of 5.8 GB.
-    The same layer modules run, so the per-layer hooks time them as before.
-    """
-    if net.loss_weights:
-        return lambda inputs: net(**inputs)
-    from caffe_compat.export.trace import outputs_graph
-
-    module, arg_of = outputs_graph(net)
-
-    def forward(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        given = dict(inputs)
-        for name in net.data_layer_names:  # data layers read their next batch, as in Net.forward
-            tops = list(net.layer_params[name].top)
-            batch = net.layers[name].next_batch()
-            batch = (batch,) if isinstance(batch, torch.Tensor) else batch
-            device = next(iter(inputs.values())).device if inputs else torch.device("cpu")
-            given.update({top: value.to(device) for top, value in zip(tops, batch, strict=True)})
-        with torch.no_grad():
-            outputs = module(**{arg_of[name]: given[name] for name in net.input_names})
-        return {name: outputs[name] if name in outputs else given[name] for name in net.output_names}
-
-    return forward
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _add_spans(totals: dict[str, float], marks: list[tuple[str, float]], end: float) -> None:
+    """Each mark's layer gets the time up to the next mark (the last one: up to ``end``), in ms."""
+    for (name, start), (_, stop) in zip(marks, [*marks[1:], ("", end)], strict=False):
+        totals[name] += max(stop - start, 0.0) * 1e3
 
 
 def benchmark(
@@ -190,10 +169,20 @@ def benchmark(
     net = build_tool_net(model, phase, level, stages, net_transform, allow_python_layers)
     net.to(device)
     inputs = _zero_inputs(net, device)
-    forward = _forward_for_timing(net)
+    if not net.loss_weights:
+        # nothing to back-propagate (a deploy net): forward passes without autograd's saved
+        # tensors, and each blob freed after its last use
+        net.keep_blobs = False
+        with torch.no_grad():
+            return _benchmark_passes(net, inputs, iterations, log, device)
+    return _benchmark_passes(net, inputs, iterations, log, device)
 
+
+def _benchmark_passes(
+    net: Net, inputs: dict[str, torch.Tensor], iterations: int, log: GlogWriter, device: torch.device
+) -> dict[str, tuple[float, float]]:
     log.info("Performing Forward", "caffe.cpp:375")
-    outputs = forward(inputs)
+    outputs = net(**inputs)
     loss = net.loss(outputs) if net.loss_weights else None
     log.info(
         f"Initial loss: {format_number(_f32(loss.item()) if loss is not None else 0.0)}", "caffe.cpp:380"
@@ -204,37 +193,36 @@ def benchmark(
 
     forward_ms: dict[str, float] = defaultdict(float)
     backward_ms: dict[str, float] = defaultdict(float)
-    starts: dict[str, float] = {}
-    backward_start: dict[str, float] = {}
-    backward_end: dict[str, float] = {}
+    forward_marks: list[tuple[str, float]] = []
+    backward_marks: list[tuple[str, float]] = []
+    claimed: set[int] = set()  # autograd nodes already marking a layer (identity layers pass theirs on)
     handles = []
 
     def forward_pre(name: str):
         def hook(module: torch.nn.Module, args: tuple) -> None:
             _sync(device)
-            starts[name] = time.perf_counter()
-
-        return hook
-
-    def forward_post(name: str):
-        def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
-            _sync(device)
-            forward_ms[name] += (time.perf_counter() - starts.pop(name)) * 1e3
-
-        return hook
-
-    def backward_pre(name: str):
-        def hook(module: torch.nn.Module, grad_output: tuple) -> None:
-            _sync(device)
-            backward_start.setdefault(name, time.perf_counter())
+            forward_marks.append((name, time.perf_counter()))
 
         return hook
 
     def backward_mark(name: str):
-        # the layer's input gradients (full backward hook) or a parameter's accumulated gradient
-        def hook(*args: object) -> None:
+        def hook(grad_outputs: tuple) -> None:
             _sync(device)
-            backward_end[name] = time.perf_counter()
+            backward_marks.append((name, time.perf_counter()))
+
+        return hook
+
+    def forward_post(name: str):
+        # the layer's backward starts when autograd reaches the node that made its (first) top
+        def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
+            tops = output if isinstance(output, (tuple, list)) else (output,)
+            for top in tops:
+                node = top.grad_fn if isinstance(top, torch.Tensor) else None
+                if node is not None:
+                    if id(node) not in claimed:
+                        claimed.add(id(node))
+                        node.register_prehook(backward_mark(name))
+                    break
 
         return hook
 
@@ -255,11 +243,6 @@ def benchmark(
             continue
         handles.append(module.register_forward_pre_hook(forward_pre(name)))
         handles.append(module.register_forward_hook(forward_post(name)))
-        handles.append(module.register_full_backward_pre_hook(backward_pre(name)))
-        handles.append(module.register_full_backward_hook(backward_mark(name)))
-        for param in module.parameters(recurse=False):
-            if param.requires_grad:
-                handles.append(param.register_post_accumulate_grad_hook(backward_mark(name)))
 
     log.info("*** Benchmark begins ***", "caffe.cpp:390")
     log.info(f"Testing for {iterations} iterations.", "caffe.cpp:391")
@@ -268,23 +251,22 @@ def benchmark(
     try:
         for j in range(iterations):
             net.zero_grad(set_to_none=True)
+            forward_marks.clear()
+            backward_marks.clear()
+            claimed.clear()
             _sync(device)
             begin = time.perf_counter()
-            outputs = forward(inputs)
+            outputs = net(**inputs)
             loss = net.loss(outputs) if net.loss_weights else None
             _sync(device)
             middle = time.perf_counter()
-            backward_start.clear()
-            backward_end.clear()
             if loss is not None and loss.requires_grad:
-                with warnings.catch_warnings():
-                    # layers whose inputs need no gradient: the hook fires at their outputs' gradients
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    loss.backward()
+                loss.backward()
             _sync(device)
             end = time.perf_counter()
-            for name, begin_b in backward_start.items():
-                backward_ms[name] += max(backward_end.get(name, begin_b) - begin_b, 0.0) * 1e3
+            del outputs, loss
+            _add_spans(forward_ms, forward_marks, middle)
+            _add_spans(backward_ms, backward_marks, end)
             total_forward += (middle - begin) * 1e3
             total_backward += (end - middle) * 1e3
             log.info(

@@ -72,7 +72,9 @@ class SGD(UpdateRule):
     ) -> torch.Tensor:
         (h,) = history
         h.mul_(self.momentum).add_(diff, alpha=float(local_rate))
-        return h.clone()
+        # the history itself is the step (nothing changes it before the update is applied): no
+        # copy of every parameter's size per iteration
+        return h
 
 
 class Nesterov(UpdateRule):
