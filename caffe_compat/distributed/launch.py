@@ -113,5 +113,8 @@ def train_job(args: argparse.Namespace, solver_param: caffe_pb2.SolverParameter)
     replicas = init_from_env(device)
     try:
         yield TrainJob(replicas, device, {"model_parallel": model_parallel, "sample_rate": sample_rate})
-    finally:
+    except BaseException:
         shutdown()
+        raise
+    else:
+        shutdown(synchronize=True)

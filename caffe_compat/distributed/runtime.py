@@ -143,9 +143,14 @@ def _attempt_store(timeout: timedelta) -> dict:
     return {"store": prefixed, "rank": int(os.environ["RANK"]), "world_size": world}
 
 
-def shutdown() -> None:
-    """Leave the process group (a no-op when none was joined)."""
+def shutdown(synchronize: bool = False) -> None:
+    """Leave the process group (a no-op when none was joined). ``synchronize`` (a job that ended
+    normally on every rank) waits at a barrier first, so no rank tears its connections down while
+    a peer still uses them (gloo then aborts the peer at exit: "terminate called without an active
+    exception")."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
