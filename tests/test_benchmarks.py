@@ -102,6 +102,15 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["--quick", "--repeats", "1"],
         [rf"\n\s+2\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+weight 0\.50x"],
     ),
+    "bench_demo.py": (
+        ["--quick"],
+        [
+            rf"\| wall time \(s\) \| {NUMBER} \| <= 180 \|",
+            rf"\| held-out accuracy, trained \| {NUMBER} \| >= 0\.90 \|",
+            rf"\| held-out accuracy, untrained \| {NUMBER} \|",
+            rf"\|\s+stage: train \(s\) \| {NUMBER} \|",
+        ],
+    ),
     "bench_soak.py": (
         ["--iters", "20", "--at", "10,20", "--snapshot", "10", "--workers", "0"],
         [rf"\n\s+20\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"],  # RSS at iteration 20: main, workers, total

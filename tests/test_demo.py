@@ -46,6 +46,9 @@ def test_demo_keeps_the_original_architecture(tmp_path: Path) -> None:
         original_solver.gamma,
     )
     assert solver.max_iter == settings.max_iter and list(solver.stepvalue) == list(settings.stepvalues)
+    assert solver.clip_gradients == settings.clip_gradients > 0 and solver.base_lr == pytest.approx(settings.base_lr)
+    assert settings.test_interval == settings.max_iter  # one test, at the end
+    assert settings.test_iter * settings.test_batch_size == settings.identities * max(1, settings.per_identity // 10)
 
 
 @pytest.fixture(scope="module")
