@@ -123,16 +123,16 @@ def test_quick_demo_prints_what_the_readme_quotes_and_its_model_converts(
     assert_prints(console_block(command), out)
     assert out.splitlines()[-1] == "verification accuracy: 0.5250"
 
-    # the files the README's table lists (for the full demo's iteration 160) are those written
+    # the files the README's table lists (for the full demo's iteration 96) are those written
     wrote = re.search(r"^\[demo\] wrote caffe_compat_demo_quick: (.*);", out, re.MULTILINE).group(1)
     written = [re.sub(r" \(.*\)$", "", item) for item in wrote.split(", ")]
     table = re.findall(r"^\| `([^`]+)` \| [\d.]+ [kM]B \|", README, re.MULTILINE)
-    assert [name.rstrip("/").replace("iter_160", "iter_8") for name in table] == written
+    assert [name.rstrip("/").replace("iter_96", "iter_8") for name in table] == written
     assert all((tmp_path / "caffe_compat_demo_quick" / name).exists() for name in written)
 
     # the README's conversion, on the quick demo's weights instead of the full demo's
     (convert,) = shell_commands(block_with("bash", "--to py -o face_net/"))
-    convert = convert.replace("caffe_compat_demo/", "caffe_compat_demo_quick/").replace("iter_160", "iter_8")
+    convert = convert.replace("caffe_compat_demo/", "caffe_compat_demo_quick/").replace("iter_96", "iter_8")
     code, out, _ = run_cli(convert, capsys)
     assert code == 0 and "wrote face_net/net.py, face_net/net.pt (py, verified)" in out
     generated = import_file(tmp_path / "face_net" / "net.py").load()
