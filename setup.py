@@ -35,5 +35,5 @@ setup(
         "draw": ["pydot>=1.4"],  # caffe.draw (rendering images also needs Graphviz's dot program)
         "leveldb": ["plyvel>=1.5"],  # Caffe's LevelDB backend for the Data layer
     },
-    entry_points={"console_scripts": ["caffe-compat=caffe_compat.cli:main"]},
+    entry_points={"console_scripts": ["caffe-compat=caffe_compat.cli:console_main"]},
 )

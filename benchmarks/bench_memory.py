@@ -17,7 +17,10 @@ share it), in training also every blob's diff, the parameters (training: data, d
 momentum history), and each convolution layer's own ``col_buffer_`` (im2col of one image:
 ``C_in k_h k_w H_out W_out`` floats), all float32; the process's own code and libraries excluded.
 
-    python benchmarks/bench_memory.py [--batch 32] [--deploy-batch 100] [--quick]
+    python benchmarks/bench_memory.py [--batch 32] [--deploy-batch 100] [--quick] [--allocator kept|default]
+
+``--allocator kept`` (the default, as the ``caffe-compat`` command runs) keeps freed memory for
+reuse in each case's process (``caffe_compat.net.allocator``); ``default`` leaves glibc's malloc.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ from caffe_compat.log.glog import GlogWriter
 from caffe_compat.proto import caffe_pb2
 from face_nets import deploy_param, train_param, inference, peak_rss_mb
 case, batch, folder = {case!r}, {batch}, {folder!r}
+if {kept!r}:
+    from caffe_compat.net.allocator import keep_freed_memory
+    keep_freed_memory()
 
 def rss():
     for line in open("/proc/self/status"):
@@ -75,8 +81,8 @@ print(json.dumps({{"before": before, "peak": peak_rss_mb()}}))
 """
 
 
-def run_child(case: str, batch: int, folder: str) -> dict[str, float]:
-    code = _CHILD.format(here=str(HERE), case=case, batch=batch, folder=folder)
+def run_child(case: str, batch: int, folder: str, kept: bool = True) -> dict[str, float]:
+    code = _CHILD.format(here=str(HERE), case=case, batch=batch, folder=folder, kept=kept)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"case {case} failed:\n{done.stderr[-3000:]}")
@@ -102,6 +108,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--deploy-batch", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="tiny batches, fewer cases (a smoke test)")
+    parser.add_argument(
+        "--allocator",
+        choices=("kept", "default"),
+        default="kept",
+        help="kept: freed memory reused (what the caffe-compat command does); default: glibc's",
+    )
     args = parser.parse_args()
     if args.quick:
         args.batch, args.deploy_batch = 1, 1
@@ -121,8 +133,9 @@ def main() -> None:
     for case, label in deploy_cases:
         cases.append((case, args.deploy_batch, caffe_deploy, f"deploy b{args.deploy_batch}: {label}"))
     print(
-        "Peak RSS of the whole process (MB), each case in a fresh process; 'Caffe allocates' is computed "
-        "from Caffe's allocation rules (a lower bound of its RSS, not a measurement)"
+        f"Peak RSS of the whole process (MB), each case in a fresh process (allocator: {args.allocator}); "
+        "'Caffe allocates' is computed from Caffe's allocation rules (a lower bound of its RSS, not a "
+        "measurement)"
     )
     print(f"{'case':<44}{'before':>9}{'peak':>9}{'Caffe allocates':>17}{'ratio':>8}")
     with tempfile.TemporaryDirectory() as folder:
@@ -132,7 +145,7 @@ def main() -> None:
         deploy.save_caffemodel(Path(folder) / "deploy.caffemodel")
         del train_net, deploy
         for case, batch, caffe_mb, label in cases:
-            result = run_child(case, batch, folder)
+            result = run_child(case, batch, folder, kept=args.allocator == "kept")
             ratio = result["peak"] / caffe_mb
             print(f"{label:<44}{result['before']:>9.0f}{result['peak']:>9.0f}{caffe_mb:>17.0f}{ratio:>8.2f}")
 

@@ -17,7 +17,10 @@ Real Caffe's figures (recorded constants, ``face_nets.CAFFE``) are shown beside 
 were measured for; the ratio to them is only meaningful on their machine.
 
     python benchmarks/bench_speed.py [--batch 32] [--deploy-batches 1,100] [--repeats 3]
-                                     [--threads 2] [--quick]
+                                     [--threads 2] [--quick] [--allocator kept|default]
+
+``--allocator kept`` (the default, as the ``caffe-compat`` command runs) keeps freed memory for
+reuse (``caffe_compat.net.allocator``); ``default`` leaves glibc's malloc as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 
 import caffe_compat as cc
 from caffe_compat.log.glog import GlogWriter
+from caffe_compat.net.allocator import keep_freed_memory
 from caffe_compat.proto import caffe_pb2
 from caffe_compat.proto.io import format_text
 from caffe_compat.solver.tools import benchmark
@@ -221,13 +225,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (a smoke test)")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument(
+        "--allocator",
+        choices=("kept", "default"),
+        default="kept",
+        help="kept: freed memory reused (what the caffe-compat command does); default: glibc's",
+    )
     args = parser.parse_args()
+    kept = keep_freed_memory(args.allocator == "kept")
     if args.quick:
         args.batch, args.deploy_batches, args.repeats = 1, "1", 1
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-        f"{os.getloadavg()[0]:.1f} at start; "
+        f"{os.getloadavg()[0]:.1f} at start; allocator: {'freed memory kept' if kept else 'glibc default'}; "
         f"real Caffe recorded on {CAFFE['machine']}"
     )
     print()

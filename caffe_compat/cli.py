@@ -150,5 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def console_main() -> int:
+    """The ``caffe-compat`` process: :func:`main` with freed activation memory kept for reuse
+    (``caffe_compat.net.allocator``: a deploy net's forward pass at batch 100 ~1.45x faster).
+    Not done in :func:`main`, which callers may run inside their own process."""
+    from caffe_compat.net.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
