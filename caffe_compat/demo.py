@@ -46,8 +46,9 @@ class DemoSettings:
     """What the demo overrides in the original configs (sized for 3 minutes on 2 CPU cores).
 
     96 iterations of batch 24 fill about 2.3 of the 3 minutes on 2 idle cores (the rest: the
-    data, both evaluations, the export). ``clip_gradients`` 10: the Normalize layer's gradient grows as the norm of
-    ``fc5`` shrinks early in training, and without clipping the loss climbs back above its start.
+    data, both evaluations, the export). ``clip_gradients`` 10: the Normalize layer's gradient
+    grows as the norm of ``fc5`` shrinks early in training, and without clipping the loss climbs
+    back above its start.
     Testing runs once, at the end, over the 40 validation images (``test_iter`` 2 x 20).
     """
 
@@ -78,7 +79,6 @@ class DemoSettings:
             test_batch_size=10,
             max_iter=8,
             stepvalues=(6,),
-            clip_gradients=10.0,
             display=2,
             average_loss=2,
             test_interval=8,

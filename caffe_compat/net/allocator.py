@@ -29,8 +29,8 @@ _M_MMAP_MAX = -4
 #: glibc's defaults, restored by ``keep_freed_memory(False)``.
 _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _DEFAULT_MMAP_MAX = 65536
-#: Freed heap memory is kept up to this much (larger than any host's RAM: never trimmed).
-_KEEP_TRIM_THRESHOLD = 2**62
+#: The largest trim threshold mallopt takes (an int): freed heap memory is in practice never trimmed.
+_KEEP_TRIM_THRESHOLD = 2**31 - 1
 
 ENV = "CAFFE_COMPAT_MALLOC"
 
@@ -60,8 +60,7 @@ def keep_freed_memory(enabled: bool = True) -> bool:
         return False
     if enabled and os.environ.get(ENV, "").strip().lower() == "default":
         return False
-    # M_TRIM_THRESHOLD takes an int: the largest positive int means "never trim".
-    trim = min(_KEEP_TRIM_THRESHOLD, 2**31 - 1) if enabled else _DEFAULT_TRIM_THRESHOLD
+    trim = _KEEP_TRIM_THRESHOLD if enabled else _DEFAULT_TRIM_THRESHOLD
     mmap_max = 0 if enabled else _DEFAULT_MMAP_MAX
     applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, trim)) and bool(libc.mallopt(_M_MMAP_MAX, mmap_max))
     _state["kept"] = enabled and applied
