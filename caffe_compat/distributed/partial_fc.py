@@ -41,7 +41,15 @@ from caffe_compat.distributed.collectives import (
 )
 from caffe_compat.distributed.runtime import Replicas, gather_rows
 from caffe_compat.losses.criteria import FocalLoss, HardMining, SoftmaxLoss, make_loss
-from caffe_compat.losses.heads import NORM_EPS, LinearHead, LogitRule, MarginHead, NormFaceHead, make_head
+from caffe_compat.losses.heads import (
+    NORM_EPS,
+    LinearHead,
+    LogitRule,
+    MarginHead,
+    NormFaceHead,
+    make_head,
+    normalized_weight_grad,
+)
 
 #: ``-log(FLT_MIN)``: Caffe's SoftmaxWithLoss floors the target probability at FLT_MIN.
 CAFFE_NLL_CAP = -math.log(float(torch.finfo(torch.float32).tiny))
@@ -160,12 +168,7 @@ class _ShardedCosineMarginLogits(torch.autograd.Function):
         grad_xn = torch.mm(grad_raw, weight) if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.mm(grad_raw.t(), xn)
-            dots = torch.bmm(grad_weight.unsqueeze(1), weight.unsqueeze(2)).view(-1)
-            coef = dots.mul_(inv_norm).mul_(inv_norm)
-            if tiny_rows is not None:
-                coef.masked_fill_(tiny_rows, 0.0)
-            grad_weight.addcmul_(weight, coef.unsqueeze(1), value=-1.0)
+            grad_weight = normalized_weight_grad(grad_raw, xn, weight, inv_norm, tiny_rows)
         return grad_xn, grad_weight, None, None, None
 
 

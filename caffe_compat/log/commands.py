@@ -47,17 +47,10 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from caffe_compat.errors import CaffeCompatError
     from caffe_compat.log.plot import plot_logs
+    from caffe_compat.proto.io import ensure_output_folder
 
-    folder = Path(args.output).parent
-    if not folder.is_dir():
-        try:
-            folder.mkdir(parents=True)
-        except OSError as exc:
-            raise CaffeCompatError(
-                f"cannot create the output folder {folder}: {exc.strerror or exc}"
-            ) from None
+    ensure_output_folder(Path(args.output).parent)
     plot_logs(args.logs, args.output, labels=args.label)
     print(f"wrote {args.output}")
     return 0

@@ -330,16 +330,10 @@ def save_csv(
     """Write ``<out_dir>/<log basename>.train`` and ``.test`` (atomically), as parse_log.py names
     them, creating ``out_dir`` when it is missing; a table with no rows is not written
     (parse_log.py skips it too). Returns the paths written."""
-    from caffe_compat.proto.io import write_bytes_atomic
+    from caffe_compat.proto.io import ensure_output_folder, write_bytes_atomic
 
     folder = Path(out_dir)
-    if not folder.is_dir():
-        try:
-            folder.mkdir(parents=True)
-        except OSError as exc:
-            raise CaffeCompatError(
-                f"cannot create the output folder {folder}: {exc.strerror or exc}"
-            ) from None
+    ensure_output_folder(folder)
     written = []
     for suffix, rows in ((".train", train_rows), (".test", test_rows)):
         if not rows:

@@ -140,15 +140,24 @@ class _CosineMarginLogits(torch.autograd.Function):
         grad_xn = torch.mm(grad_raw, weight) if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            # d cos_ij / d w_j = (xn_i - cos_ij u_j) / |w_j| with u_j = w_j / |w_j|, hence
-            # grad w_j = g_j - (g_j . w_j) w_j / |w_j|^2 with g_j = sum_i grad_raw_ij xn_i.
-            grad_weight = torch.mm(grad_raw.t(), xn)
-            dots = torch.bmm(grad_weight.unsqueeze(1), weight.unsqueeze(2)).view(-1)
-            coef = dots.mul_(inv_norm).mul_(inv_norm)
-            if tiny_rows is not None:
-                coef.masked_fill_(tiny_rows, 0.0)
-            grad_weight.addcmul_(weight, coef.unsqueeze(1), value=-1.0)
+            grad_weight = normalized_weight_grad(grad_raw, xn, weight, inv_norm, tiny_rows)
         return grad_xn, grad_weight, None, None
+
+
+def normalized_weight_grad(
+    grad_raw: Tensor, xn: Tensor, weight: Tensor, inv_norm: Tensor, tiny_rows: Tensor | None
+) -> Tensor:
+    """The gradient of the raw class weights of ``cos = xn @ (w / |w|).T`` given ``grad_raw``
+    (the gradient of ``cos``): d cos_ij / d w_j = (xn_i - cos_ij u_j) / |w_j| with
+    u_j = w_j / |w_j|, hence grad w_j = g_j - (g_j . w_j) w_j / |w_j|^2 with
+    g_j = sum_i grad_raw_ij xn_i. Rows in ``tiny_rows`` (norm clamped) get no projection."""
+    grad_weight = torch.mm(grad_raw.t(), xn)
+    dots = torch.bmm(grad_weight.unsqueeze(1), weight.unsqueeze(2)).view(-1)
+    coef = dots.mul_(inv_norm).mul_(inv_norm)
+    if tiny_rows is not None:
+        coef.masked_fill_(tiny_rows, 0.0)
+    grad_weight.addcmul_(weight, coef.unsqueeze(1), value=-1.0)
+    return grad_weight
 
 
 def cosine_margin_logits(

@@ -287,6 +287,18 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         raise
 
 
+def ensure_output_folder(folder: PathLike) -> None:
+    """Create ``folder`` (and its parents) when missing; a folder that cannot be made is a
+    CaffeCompatError naming it and the reason."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise CaffeCompatError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
+
+
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     with atomic_output(path) as tmp:
